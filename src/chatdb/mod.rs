@@ -1,0 +1,3 @@
+//! Read-only access to the Messages database (`~/Library/Messages/chat.db`).
+
+pub mod typedstream;

@@ -1,0 +1,3 @@
+//! Sending through Messages.app: the AppleScript runner and send confirmation.
+
+pub mod scripts;
