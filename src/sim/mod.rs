@@ -3,3 +3,4 @@
 //! STUB: being written by a helper.
 
 pub mod body;
+pub mod cli;
