@@ -1,0 +1,159 @@
+//! `whatsnap-mac run`: the daemon launchd starts.
+//!
+//! It owns four tasks under one cancellation token: the watcher (wake-ups),
+//! the reader (chat.db → outbox), the link (outbox ⇄ service) and the sender
+//! (commands → Messages.app). They share the store and talk through `Notify`
+//! and `watch` channels only, so each can be reasoned about alone. SIGTERM or
+//! Ctrl-C cancels the token; the daemon waits a bounded time for the tasks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::chatdb::SharedChatDb;
+use crate::config::{self, Paths};
+use crate::link::pair::{self, Credentials};
+use crate::link::{Link, LinkState};
+use crate::reader::{Reader, ReaderHealth};
+use crate::send::Sender;
+use crate::send::runner::Runner;
+use crate::store::Store;
+
+/// Tunables of a daemon instance.
+#[derive(Debug, Clone)]
+pub struct DaemonOptions {
+    /// Where things are.
+    pub paths: Paths,
+    /// Safety poll of chat.db.
+    pub poll: Duration,
+    /// Time limit of one osascript run.
+    pub osascript_timeout: Duration,
+}
+
+/// A running daemon's observable state.
+#[derive(Debug, Clone)]
+pub struct DaemonHandle {
+    /// The link's state.
+    pub link: watch::Receiver<LinkState>,
+    /// The reader's health.
+    pub reader: watch::Receiver<ReaderHealth>,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Not paired.
+    #[error(transparent)]
+    Pair(#[from] pair::PairError),
+    /// The state folder or database is unusable.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The state folder cannot be created.
+    #[error("cannot create the state folder {path}: {source}")]
+    Home {
+        /// The folder.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Starts the daemon's tasks; they stop when `shutdown` is cancelled, and
+/// `tracker` is closed and can be waited on.
+pub fn start(
+    options: &DaemonOptions,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<DaemonHandle, DaemonError> {
+    let paths = &options.paths;
+    config::ensure_home(&paths.home).map_err(|source| DaemonError::Home {
+        path: paths.home.display().to_string(),
+        source,
+    })?;
+    let creds: Credentials = pair::load(&paths.credentials())?;
+    let store = Store::open(&paths.state_db())?;
+    let outbox = Arc::new(Notify::new());
+    let send_wake = Arc::new(Notify::new());
+    let (ticks_tx, ticks_rx) = watch::channel(0u64);
+    let (health_tx, health_rx) = watch::channel(ReaderHealth::default());
+    let (link_tx, link_rx) = watch::channel(LinkState::Connecting);
+
+    let watcher = crate::watch::spawn(&paths.chat_db, options.poll, ticks_tx, shutdown.clone());
+    let reader = Reader {
+        store: store.clone(),
+        chat_db: SharedChatDb::new(paths.chat_db.clone()),
+        ticks: ticks_rx.clone(),
+        outbox: outbox.clone(),
+        health: health_tx,
+    };
+    let sender = Sender {
+        store: store.clone(),
+        chat_db: SharedChatDb::new(paths.chat_db.clone()),
+        runner: Runner::new(paths.osascript.clone(), options.osascript_timeout),
+        wake: send_wake.clone(),
+        db_changed: ticks_rx,
+        outbox: outbox.clone(),
+    };
+    let link = Link {
+        creds,
+        store,
+        outbox,
+        send_wake,
+        state: link_tx,
+        reader_health: health_rx.clone(),
+        started: Instant::now(),
+    };
+    let token = shutdown.clone();
+    tracker.spawn(async move {
+        // The watcher lives as long as the reader.
+        let _watcher = watcher;
+        reader.run(token).await;
+    });
+    tracker.spawn(sender.run(shutdown.clone()));
+    tracker.spawn(link.run(shutdown.clone()));
+    tracker.close();
+    Ok(DaemonHandle {
+        link: link_rx,
+        reader: health_rx,
+    })
+}
+
+/// Runs the daemon until SIGTERM/Ctrl-C.
+pub async fn run(options: DaemonOptions) -> Result<(), DaemonError> {
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let mut handle = start(&options, &shutdown, &tracker)?;
+    tracing::info!(
+        chat_db = %options.paths.chat_db.display(),
+        home = %options.paths.home.display(),
+        "whatsnap-mac {} running",
+        env!("CARGO_PKG_VERSION")
+    );
+    let stopped = async {
+        loop {
+            if let LinkState::Stopped { .. } = &*handle.link.borrow_and_update() {
+                return;
+            }
+            if handle.link.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = crate::shutdown_signal() => tracing::info!("shutting down"),
+        () = stopped => {}
+    }
+    shutdown.cancel();
+    if tokio::time::timeout(Duration::from_secs(10), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("tasks did not stop within 10 s");
+    }
+    Ok(())
+}

@@ -1,0 +1,752 @@
+//! The websocket link to the account service.
+//!
+//! One outbound connection, authenticated by the device token in the
+//! `Authorization` header. Each session starts with `hello`/`welcome`, in
+//! which both sides say how far they got; then the daemon resends every event
+//! the service has not acked and streams new ones as the reader appends them,
+//! while commands from the service are recorded in the store before they are
+//! acked. A lost connection is retried forever with full-jitter backoff; only
+//! the terminal close codes (token revoked, device replaced, protocol too old)
+//! stop the retries, and they become a visible state with the action to take.
+
+pub mod pair;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_util::sync::CancellationToken;
+use whatsnap_proto::close::{self, CloseAction, CloseReason};
+use whatsnap_proto::frame::{
+    self, Ack, Body, DecodeError, Frame, Hello, HelloCommands, HelloEvents, Pong, Status, Stream,
+};
+
+use crate::reader::ReaderHealth;
+use crate::store::{Accepted, Store};
+use pair::Credentials;
+
+/// Events in flight without an ack, at most.
+pub const EVENTS_WINDOW: usize = 200;
+
+/// The link's state, for `status` and the demo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkState {
+    /// Dialling.
+    Connecting,
+    /// `welcome` received.
+    Connected {
+        /// The account's tag.
+        account_tag: String,
+    },
+    /// Waiting before the next attempt.
+    Retrying {
+        /// Why the last attempt ended.
+        reason: String,
+        /// Delay before the next.
+        retry_in: Duration,
+    },
+    /// Stopped for good: the user must act.
+    Stopped {
+        /// What happened and what to do.
+        reason: String,
+    },
+}
+
+/// Everything a session needs.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// Where and as whom to connect.
+    pub creds: Credentials,
+    /// The daemon's store.
+    pub store: Store,
+    /// Woken when the reader or the sender appended events.
+    pub outbox: Arc<Notify>,
+    /// Woken when a send was queued.
+    pub send_wake: Arc<Notify>,
+    /// The link's state.
+    pub state: watch::Sender<LinkState>,
+    /// The reader's health, reported in `status` frames.
+    pub reader_health: watch::Receiver<ReaderHealth>,
+    /// When the daemon started.
+    pub started: Instant,
+}
+
+/// How a session ended.
+enum SessionEnd {
+    /// Shut down on request.
+    Shutdown,
+    /// Retry after backoff (`stable` if the session lived long after welcome).
+    Retry { reason: String, stable: bool },
+    /// Retry no sooner than this.
+    RetryAfter { reason: String, delay: Duration },
+    /// Do not retry.
+    Terminal { reason: String },
+}
+
+/// Whole-link failures inside a session.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("{0}")]
+    Ws(#[from] tungstenite::Error),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+/// Full-jitter backoff: random in `[250 ms, min(60 s, 1 s · 2^attempt)]`.
+pub fn backoff_delay(attempt: u32) -> Duration {
+    let cap_ms = 60_000u64.min(1000u64.saturating_mul(1 << attempt.min(16)));
+    Duration::from_millis(fastrand::u64(250..=cap_ms.max(250)))
+}
+
+impl Link {
+    /// Runs sessions until shutdown or a terminal close.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut attempt: u32 = 0;
+        loop {
+            self.state.send_replace(LinkState::Connecting);
+            let end = self.session(&shutdown).await;
+            let delay = match end {
+                SessionEnd::Shutdown => return,
+                SessionEnd::Terminal { reason } => {
+                    tracing::error!("{reason}");
+                    self.state.send_replace(LinkState::Stopped { reason });
+                    return;
+                }
+                SessionEnd::Retry { reason, stable } => {
+                    if stable {
+                        attempt = 0;
+                    }
+                    let delay = backoff_delay(attempt);
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, "link lost: {reason}");
+                    self.state.send_replace(LinkState::Retrying {
+                        reason,
+                        retry_in: delay,
+                    });
+                    delay
+                }
+                SessionEnd::RetryAfter { reason, delay } => {
+                    tracing::warn!(delay_ms = delay.as_millis() as u64, "link closed: {reason}");
+                    self.state.send_replace(LinkState::Retrying {
+                        reason,
+                        retry_in: delay,
+                    });
+                    delay
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    async fn session(&self, shutdown: &CancellationToken) -> SessionEnd {
+        let mut request = match self.creds.ws_url.as_str().into_client_request() {
+            Ok(r) => r,
+            Err(e) => {
+                return SessionEnd::Terminal {
+                    reason: format!(
+                        "the service URL in the credentials is unusable ({e}); run `whatsnap-mac pair` again"
+                    ),
+                };
+            }
+        };
+        let headers = request.headers_mut();
+        let bearer = format!("Bearer {}", self.creds.device_token);
+        match HeaderValue::from_str(&bearer) {
+            Ok(v) => {
+                headers.insert("Authorization", v);
+            }
+            Err(_) => {
+                return SessionEnd::Terminal {
+                    reason: "the stored device token is malformed; run `whatsnap-mac pair` again"
+                        .into(),
+                };
+            }
+        }
+        headers.insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(whatsnap_proto::SUBPROTOCOL),
+        );
+        if let Ok(ua) = HeaderValue::from_str(&format!(
+            "whatsnap-mac/{} (macOS {})",
+            env!("CARGO_PKG_VERSION"),
+            pair::macos_version()
+        )) {
+            headers.insert("User-Agent", ua);
+        }
+        let config = tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(whatsnap_proto::DEFAULT_MAX_FRAME_BYTES))
+            .max_frame_size(Some(whatsnap_proto::DEFAULT_MAX_FRAME_BYTES));
+        let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
+        let ws = tokio::select! {
+            () = shutdown.cancelled() => return SessionEnd::Shutdown,
+            r = tokio::time::timeout(Duration::from_secs(20), connect) => r,
+        };
+        let mut ws = match ws {
+            Err(_) => {
+                return SessionEnd::Retry {
+                    reason: "connecting timed out after 20 s".into(),
+                    stable: false,
+                };
+            }
+            Ok(Err(tungstenite::Error::Http(response))) => {
+                let status = response.status().as_u16();
+                let body = response
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                let detail = serde_json::from_str::<whatsnap_proto::api::ApiError>(&body)
+                    .map(|e| e.error.message)
+                    .unwrap_or_else(|_| format!("HTTP {status}"));
+                return match status {
+                    401 | 403 => SessionEnd::Terminal {
+                        reason: format!(
+                            "the service rejected this device ({detail}); run `whatsnap-mac pair` with a new code"
+                        ),
+                    },
+                    429 | 503 => SessionEnd::RetryAfter {
+                        reason: format!("service busy ({detail})"),
+                        delay: retry_after(&response).unwrap_or(Duration::from_secs(5)),
+                    },
+                    _ => SessionEnd::Retry {
+                        reason: format!("upgrade refused: {detail}"),
+                        stable: false,
+                    },
+                };
+            }
+            Ok(Err(e)) => {
+                return SessionEnd::Retry {
+                    reason: format!("cannot connect to {}: {e}", self.creds.ws_url),
+                    stable: false,
+                };
+            }
+            Ok(Ok((ws, _))) => ws,
+        };
+        match self.speak(&mut ws, shutdown).await {
+            Ok(end) => end,
+            Err(e) => {
+                let _ = ws.close(None).await;
+                SessionEnd::Retry {
+                    reason: e.to_string(),
+                    stable: false,
+                }
+            }
+        }
+    }
+
+    async fn speak<S>(
+        &self,
+        ws: &mut tokio_tungstenite::WebSocketStream<S>,
+        shutdown: &CancellationToken,
+    ) -> Result<SessionEnd, SessionError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let store = self.store.clone();
+        let ((events_epoch, last_seq), (commands_epoch, acked_upto)) =
+            crate::blocking(move || -> Result<_, crate::store::StoreError> {
+                Ok((store.events_position()?, store.commands_position()?))
+            })
+            .await?;
+        let hello = Frame::new(
+            Body::Hello(Hello {
+                device_id: self.creds.device_id.clone(),
+                daemon_version: env!("CARGO_PKG_VERSION").into(),
+                macos_version: pair::macos_version(),
+                protocols: vec![whatsnap_proto::PROTOCOL_VERSION],
+                events: HelloEvents {
+                    epoch: events_epoch.clone(),
+                    last_seq,
+                },
+                commands: HelloCommands {
+                    epoch: commands_epoch,
+                    acked_upto,
+                },
+                settings_version: 0,
+                capabilities: Vec::new(),
+                health: Some(self.status().await),
+            }),
+            now_ms(),
+        );
+        let hello_id = hello.id.clone();
+        ws.send(Message::text(hello.to_json())).await?;
+
+        // Wait for welcome.
+        let welcome = loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => return Ok(SessionEnd::Shutdown),
+                r = tokio::time::timeout(Duration::from_secs(10), ws.next()) => r,
+            };
+            let msg = match next {
+                Err(_) => {
+                    return Err(SessionError::Protocol(
+                        "the service sent no welcome within 10 s".into(),
+                    ));
+                }
+                Ok(None) => return Err(SessionError::Protocol("connection closed".into())),
+                Ok(Some(msg)) => msg?,
+            };
+            match msg {
+                Message::Text(text) => match frame::decode(text.as_str()) {
+                    Ok(Frame {
+                        body: Body::Welcome(w),
+                        reply_to,
+                        ..
+                    }) if reply_to.as_deref() == Some(hello_id.as_str()) => break w,
+                    Ok(other) => {
+                        tracing::warn!("ignoring {} before welcome", other.body.type_name());
+                    }
+                    Err(e) => tracing::warn!("bad frame before welcome: {e}"),
+                },
+                Message::Close(frame) => return Ok(closed(frame)),
+                _ => {}
+            }
+        };
+        let welcomed_at = Instant::now();
+        tracing::info!(account = %welcome.account_tag, session = %welcome.session_id, "link up");
+        {
+            let store = self.store.clone();
+            let same_epoch = welcome.events.epoch == events_epoch;
+            let acked = welcome.events.acked_upto;
+            let cmd_epoch = welcome.commands.epoch.clone();
+            crate::blocking(move || -> Result<(), crate::store::StoreError> {
+                if same_epoch {
+                    store.ack_events(acked)?;
+                }
+                store.adopt_commands_epoch(&cmd_epoch)
+            })
+            .await?;
+        }
+        self.state.send_replace(LinkState::Connected {
+            account_tag: welcome.account_tag.clone(),
+        });
+
+        let heartbeat = Duration::from_millis(welcome.heartbeat_ms.clamp(1000, 60_000));
+        let idle_timeout = Duration::from_millis(welcome.idle_timeout_ms.clamp(5000, 300_000));
+        let window = (welcome.events_window as usize).clamp(1, EVENTS_WINDOW);
+        let mut sent_upto = if welcome.events.epoch == events_epoch {
+            welcome.events.acked_upto
+        } else {
+            0
+        };
+        let mut acked_upto = sent_upto;
+        let mut last_ack_at = Instant::now();
+        let mut last_rx = Instant::now();
+        let mut ping = tokio::time::interval(heartbeat);
+        ping.reset();
+        let mut status_every = tokio::time::interval(Duration::from_secs(60));
+        status_every.reset();
+        let mut health = self.reader_health.clone();
+        let mut last_reported_error = health.borrow_and_update().error.clone();
+        let mut session = Session {
+            link: self,
+            events_epoch: events_epoch.clone(),
+        };
+        // Resend everything the service has not acked.
+        session.flush(ws, &mut sent_upto, acked_upto, window).await?;
+
+        loop {
+            let stable = welcomed_at.elapsed() > Duration::from_secs(60);
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    let _ = ws.close(Some(CloseFrame {
+                        code: CloseCode::Away,
+                        reason: "daemon shutting down".into(),
+                    })).await;
+                    return Ok(SessionEnd::Shutdown);
+                }
+                () = self.outbox.notified() => {
+                    session.flush(ws, &mut sent_upto, acked_upto, window).await?;
+                }
+                _ = ping.tick() => {
+                    if last_rx.elapsed() > idle_timeout {
+                        return Ok(SessionEnd::Retry {
+                            reason: format!("no frames from the service for {} s", idle_timeout.as_secs()),
+                            stable,
+                        });
+                    }
+                    // Nothing acked for 30 s while events are in flight: resend.
+                    if sent_upto > acked_upto && last_ack_at.elapsed() > Duration::from_secs(30) {
+                        sent_upto = acked_upto;
+                        last_ack_at = Instant::now();
+                        session.flush(ws, &mut sent_upto, acked_upto, window).await?;
+                    }
+                    ws.send(Message::Ping(Vec::new().into())).await?;
+                }
+                _ = status_every.tick() => {
+                    session.send_status(ws, None).await?;
+                }
+                r = health.changed() => {
+                    let error = health.borrow_and_update().error.clone();
+                    if r.is_ok() && error != last_reported_error {
+                        last_reported_error = error;
+                        session.send_status(ws, None).await?;
+                    }
+                }
+                msg = ws.next() => {
+                    let Some(msg) = msg else {
+                        return Ok(SessionEnd::Retry { reason: "connection closed".into(), stable });
+                    };
+                    let msg = msg?;
+                    last_rx = Instant::now();
+                    match msg {
+                        Message::Text(text) => {
+                            if let Some(ack) = session.on_text(ws, text.as_str()).await? {
+                                if ack.upto > acked_upto {
+                                    acked_upto = ack.upto;
+                                    last_ack_at = Instant::now();
+                                }
+                                if let Some(from) = ack.resend_from {
+                                    sent_upto = from.saturating_sub(1).max(acked_upto);
+                                }
+                                session.flush(ws, &mut sent_upto, acked_upto, window).await?;
+                            }
+                        }
+                        Message::Close(frame) => return Ok(closed(frame)),
+                        Message::Binary(_) => {
+                            session.send_error(ws, None, frame::error_code::BAD_ENVELOPE, "binary frames are not part of the protocol").await?;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn status(&self) -> Status {
+        let store = self.store.clone();
+        let (depth, pending) = crate::blocking(move || {
+            (
+                store.outbox_depth().unwrap_or(0),
+                store.pending_sends().unwrap_or(0),
+            )
+        })
+        .await;
+        let health = self.reader_health.borrow().clone();
+        let mut status = Status::with_health(match &health.error {
+            None => frame::Health::Ok,
+            Some(_) => frame::Health::Blocked,
+        });
+        status.detail = health.error.clone();
+        status.chatdb_readable = Some(health.error.is_none());
+        status.last_row_seen_ms = health.last_row_ms;
+        status.outbox_depth = Some(depth);
+        status.pending_sends = Some(pending);
+        status.uptime_s = Some(self.started.elapsed().as_secs());
+        status.daemon_version = Some(env!("CARGO_PKG_VERSION").into());
+        status
+    }
+}
+
+struct Session<'a> {
+    link: &'a Link,
+    events_epoch: String,
+}
+
+impl Session<'_> {
+    /// Sends unacked events after `sent_upto`, keeping at most `window` in flight.
+    async fn flush<S>(
+        &mut self,
+        ws: &mut tokio_tungstenite::WebSocketStream<S>,
+        sent_upto: &mut u64,
+        acked_upto: u64,
+        window: usize,
+    ) -> Result<(), SessionError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        loop {
+            let in_flight = sent_upto.saturating_sub(acked_upto) as usize;
+            if in_flight >= window {
+                return Ok(());
+            }
+            let store = self.link.store.clone();
+            let after = *sent_upto;
+            let room = window - in_flight;
+            let batch = crate::blocking(move || store.outbox_after(after, room)).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for entry in batch {
+                let frame = Frame::new(entry.body, now_ms()).with_seq(entry.seq);
+                ws.feed(Message::text(frame.to_json())).await?;
+                *sent_upto = entry.seq;
+            }
+            ws.flush().await?;
+        }
+    }
+
+    async fn send<S>(
+        &mut self,
+        ws: &mut tokio_tungstenite::WebSocketStream<S>,
+        frame: Frame,
+    ) -> Result<(), SessionError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        ws.send(Message::text(frame.to_json())).await?;
+        Ok(())
+    }
+
+    async fn send_error<S>(
+        &mut self,
+        ws: &mut tokio_tungstenite::WebSocketStream<S>,
+        reply_to: Option<&str>,
+        code: &str,
+        message: &str,
+    ) -> Result<(), SessionError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let body = Body::Error(frame::ErrorData {
+            reply_to: reply_to.map(str::to_owned),
+            code: code.to_owned(),
+            message: message.to_owned(),
+        });
+        self.send(ws, Frame::new(body, now_ms())).await
+    }
+
+    async fn send_status<S>(
+        &mut self,
+        ws: &mut tokio_tungstenite::WebSocketStream<S>,
+        reply_to: Option<&str>,
+    ) -> Result<(), SessionError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut frame = Frame::new(Body::Status(self.link.status().await), now_ms());
+        frame.reply_to = reply_to.map(str::to_owned);
+        self.send(ws, frame).await
+    }
+
+    async fn ack_commands<S>(
+        &mut self,
+        ws: &mut tokio_tungstenite::WebSocketStream<S>,
+        resend_from: Option<u64>,
+    ) -> Result<(), SessionError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let store = self.link.store.clone();
+        let (epoch, upto) = crate::blocking(move || store.commands_position()).await?;
+        let ack = Body::Ack(Ack {
+            stream: Stream::Commands,
+            epoch,
+            upto,
+            resend_from,
+        });
+        self.send(ws, Frame::new(ack, now_ms())).await
+    }
+
+    /// Handles one text frame; returns an events ack when it was one.
+    async fn on_text<S>(
+        &mut self,
+        ws: &mut tokio_tungstenite::WebSocketStream<S>,
+        text: &str,
+    ) -> Result<Option<Ack>, SessionError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let frame = match frame::decode(text) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("refusing a frame from the service: {e}");
+                self.send(ws, Frame::new(e.to_error_body(), now_ms())).await?;
+                // An unknown durable frame still moves the stream on.
+                if let DecodeError::UnknownType { seq: Some(seq), .. } = e {
+                    self.accept(ws, seq, None).await?;
+                }
+                return Ok(None);
+            }
+        };
+        if let Some(stream) = frame.body.stream() {
+            let Some(seq) = frame.seq.filter(|_| stream == Stream::Commands) else {
+                self.send_error(
+                    ws,
+                    Some(&frame.id),
+                    frame::error_code::BAD_SEQ,
+                    "a command must carry a seq, and only commands travel this way",
+                )
+                .await?;
+                return Ok(None);
+            };
+            let cmd = match &frame.body {
+                Body::CmdSend(cmd) => Some(cmd.clone()),
+                other => {
+                    tracing::info!("{} is not acted on yet; acking it", other.type_name());
+                    None
+                }
+            };
+            self.accept(ws, seq, cmd).await?;
+            return Ok(None);
+        }
+        match frame.body {
+            Body::Ack(ack) if ack.stream == Stream::Events => {
+                if ack.epoch != self.events_epoch {
+                    tracing::warn!("ack for another event epoch ignored");
+                    return Ok(None);
+                }
+                let store = self.link.store.clone();
+                let upto = ack.upto;
+                crate::blocking(move || store.ack_events(upto)).await?;
+                Ok(Some(ack))
+            }
+            Body::StatusRequest(_) => {
+                self.send_status(ws, Some(&frame.id)).await?;
+                Ok(None)
+            }
+            Body::Ping(ping) => {
+                let pong = Body::Pong(Pong {
+                    nonce: ping.nonce,
+                    clock_ms: now_ms(),
+                });
+                self.send(ws, Frame::new(pong, now_ms()).replying_to(&frame.id))
+                    .await?;
+                Ok(None)
+            }
+            Body::Error(err) => {
+                tracing::warn!(code = %err.code, "the service refused a frame: {}", err.message);
+                Ok(None)
+            }
+            other => {
+                tracing::debug!("ignoring {}", other.type_name());
+                Ok(None)
+            }
+        }
+    }
+
+    async fn accept<S>(
+        &mut self,
+        ws: &mut tokio_tungstenite::WebSocketStream<S>,
+        seq: u64,
+        cmd: Option<whatsnap_proto::frame::CmdSend>,
+    ) -> Result<(), SessionError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let store = self.link.store.clone();
+        let outcome = crate::blocking(move || store.accept_command(seq, cmd.as_ref())).await?;
+        match outcome {
+            Accepted::Queued => {
+                self.link.send_wake.notify_one();
+                self.ack_commands(ws, None).await
+            }
+            Accepted::Duplicate => {
+                // A replay of a finished send re-queued its result.
+                self.link.outbox.notify_one();
+                self.ack_commands(ws, None).await
+            }
+            Accepted::Gap { committed } => self.ack_commands(ws, Some(committed + 1)).await,
+        }
+    }
+}
+
+fn closed(frame: Option<CloseFrame>) -> SessionEnd {
+    let Some(frame) = frame else {
+        return SessionEnd::Retry {
+            reason: "the service closed the connection".into(),
+            stable: false,
+        };
+    };
+    let code = u16::from(frame.code);
+    let reason = CloseReason::parse(&frame.reason)
+        .map(|r| r.message)
+        .unwrap_or_else(|| frame.reason.to_string());
+    match close::action_for(code) {
+        CloseAction::NeedsPairing => SessionEnd::Terminal {
+            reason: format!(
+                "the service revoked this device ({code}: {reason}); run `whatsnap-mac pair` with a new code"
+            ),
+        },
+        CloseAction::Replaced => SessionEnd::Terminal {
+            reason: format!(
+                "another connection of this device replaced this one ({code}: {reason}); is a second whatsnap-mac running?"
+            ),
+        },
+        CloseAction::NeedsUpdate => SessionEnd::Terminal {
+            reason: format!(
+                "the service needs a newer whatsnap-mac ({code}: {reason}); update and restart"
+            ),
+        },
+        CloseAction::Reconnect => {
+            if code == close::RATE_LIMITED {
+                let wait = CloseReason::parse(&frame.reason)
+                    .and_then(|r| r.retry_after_ms)
+                    .unwrap_or(5000);
+                return SessionEnd::RetryAfter {
+                    reason: format!("rate limited ({reason})"),
+                    delay: Duration::from_millis(wait),
+                };
+            }
+            if code == close::SERVICE_RESTART {
+                return SessionEnd::RetryAfter {
+                    reason: "the service is restarting".into(),
+                    delay: Duration::from_millis(fastrand::u64(250..=5000)),
+                };
+            }
+            SessionEnd::Retry {
+                reason: format!("closed by the service ({code}: {reason})"),
+                stable: false,
+            }
+        }
+    }
+}
+
+fn retry_after(
+    response: &tungstenite::http::Response<Option<Vec<u8>>>,
+) -> Option<Duration> {
+    response
+        .headers()
+        .get("Retry-After")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_stays_within_its_bounds() {
+        for attempt in 0..40 {
+            let d = backoff_delay(attempt);
+            assert!(d >= Duration::from_millis(250), "{d:?}");
+            assert!(d <= Duration::from_secs(60), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn terminal_close_codes_stop_the_link() {
+        let frame = |code: u16| {
+            Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: CloseReason::new(code, "x").to_reason_text().into(),
+            })
+        };
+        assert!(matches!(closed(frame(4401)), SessionEnd::Terminal { .. }));
+        assert!(matches!(closed(frame(4409)), SessionEnd::Terminal { .. }));
+        assert!(matches!(closed(frame(4426)), SessionEnd::Terminal { .. }));
+        assert!(matches!(closed(frame(1012)), SessionEnd::RetryAfter { .. }));
+        assert!(matches!(closed(frame(1006)), SessionEnd::Retry { .. }));
+    }
+}

@@ -1,0 +1,645 @@
+//! The daemon's own SQLite file: chat.db cursor, event outbox, command
+//! high-water mark and the send table.
+//!
+//! This is what makes the link exactly-once. Reading chat.db advances the
+//! cursor and appends the resulting events in one transaction, so a crash
+//! either keeps both or neither. A command is accepted by recording it in the
+//! send table and raising the command high-water mark in one transaction, so
+//! it is acked only once it can no longer be lost, and a replay finds it.
+//!
+//! The store is synchronous; async callers run it on the blocking pool. One
+//! connection behind a std mutex is enough: every critical section is a short
+//! local transaction and none spans an `.await`.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde_json::Value;
+use whatsnap_proto::frame::{Body, CmdSend, SendResult};
+
+/// A store failure; always a local disk or database problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error(
+        "the daemon's state database failed: {0} (check disk space and permissions of the state folder)"
+    )]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored frame no longer parses (written by a newer version?).
+    #[error("a stored {kind} is unreadable: {detail}")]
+    Corrupt {
+        /// What was being read.
+        kind: &'static str,
+        /// The parse error.
+        detail: String,
+    },
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// A durable event waiting for the service's ack.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// Its sequence number in the current epoch.
+    pub seq: u64,
+    /// The frame body.
+    pub body: Body,
+}
+
+/// Where a send stands in its state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendPhase {
+    /// Accepted, not yet handed to Messages.
+    Queued,
+    /// Handed to Messages; confirmation pending. Never dispatched again.
+    Dispatching,
+    /// Finished with a `send.result`.
+    Done,
+}
+
+impl SendPhase {
+    fn as_str(self) -> &'static str {
+        match self {
+            SendPhase::Queued => "queued",
+            SendPhase::Dispatching => "dispatching",
+            SendPhase::Done => "done",
+        }
+    }
+
+    fn parse(s: &str) -> SendPhase {
+        match s {
+            "queued" => SendPhase::Queued,
+            "dispatching" => SendPhase::Dispatching,
+            _ => SendPhase::Done,
+        }
+    }
+}
+
+/// A send as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendRecord {
+    /// The command.
+    pub cmd: CmdSend,
+    /// Its phase.
+    pub phase: SendPhase,
+    /// chat.db `MAX(ROWID)` just before dispatch.
+    pub max_rowid_before: Option<i64>,
+    /// The chat it was dispatched to, when known.
+    pub target_chat: Option<String>,
+    /// Unix ms of dispatch.
+    pub dispatched_ms: Option<i64>,
+}
+
+/// What happened to a `cmd.send` offered to [`Store::accept_command`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Accepted {
+    /// New: queued for dispatch.
+    Queued,
+    /// Seen before (by seq or by `client_msg_id`): nothing to do but ack.
+    Duplicate,
+    /// The seq skipped ahead: not processed; ask for a resend.
+    Gap {
+        /// Highest seq processed.
+        committed: u64,
+    },
+}
+
+/// The daemon's state database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+-- Durable events not yet acked; seq is assigned from meta.events_last_seq so a
+-- deleted (acked) seq is never reused.
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY,
+    event_key  TEXT NOT NULL UNIQUE,
+    type       TEXT NOT NULL,
+    data       TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sends (
+    client_msg_id    TEXT PRIMARY KEY,
+    phase            TEXT NOT NULL,
+    cmd              TEXT NOT NULL,
+    result           TEXT,
+    max_rowid_before INTEGER,
+    target_chat      TEXT,
+    origin_guid      TEXT,
+    created_ms       INTEGER NOT NULL,
+    dispatched_ms    INTEGER,
+    updated_ms       INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sends_by_phase ON sends (phase, created_ms);
+";
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Store {
+    /// Opens (creating if needed) the state database at `path`.
+    pub fn open(path: &Path) -> Result<Store> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(SCHEMA)?;
+        let store = Store {
+            conn: Arc::new(Mutex::new(conn)),
+        };
+        {
+            let conn = store.lock();
+            // The epoch is born with the outbox: a new file is a new stream.
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('events_epoch', ?1)",
+                params![uuid::Uuid::new_v4().to_string()],
+            )?;
+        }
+        Ok(store)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (the
+        // transaction rolls back on drop), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn meta(conn: &Connection, key: &str) -> Result<Option<String>> {
+        Ok(conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn meta_u64(conn: &Connection, key: &str) -> Result<u64> {
+        Ok(Self::meta(conn, key)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<()> {
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// The event stream's epoch and the highest seq ever assigned.
+    pub fn events_position(&self) -> Result<(String, u64)> {
+        let conn = self.lock();
+        let epoch = Self::meta(&conn, "events_epoch")?.unwrap_or_default();
+        Ok((epoch, Self::meta_u64(&conn, "events_last_seq")?))
+    }
+
+    /// The chat.db ROWID cursor, `None` before the first baseline.
+    pub fn chatdb_cursor(&self) -> Result<Option<i64>> {
+        let conn = self.lock();
+        Ok(Self::meta(&conn, "chatdb_cursor")?.and_then(|v| v.parse().ok()))
+    }
+
+    /// Sets the cursor without emitting anything (first start: announce only
+    /// what arrives from now on, never the whole history).
+    pub fn baseline_cursor(&self, rowid: i64) -> Result<()> {
+        let conn = self.lock();
+        Self::set_meta(&conn, "chatdb_cursor", &rowid.to_string())
+    }
+
+    /// Appends events and moves the cursor to `cursor`, atomically. An event
+    /// whose key is already waiting in the outbox is not added twice. Each
+    /// event may carry a from-me row's `(chat_guid, text)` so it can be tied to
+    /// the send that produced it (see [`Store::claim_origin`]).
+    pub fn append_events(&self, cursor: i64, events: Vec<(String, Body)>) -> Result<Vec<u64>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let seqs = Self::append_in(&tx, events)?;
+        Self::set_meta(&tx, "chatdb_cursor", &cursor.to_string())?;
+        tx.commit()?;
+        Ok(seqs)
+    }
+
+    fn append_in(conn: &Connection, events: Vec<(String, Body)>) -> Result<Vec<u64>> {
+        let mut last = Self::meta_u64(conn, "events_last_seq")?;
+        let mut seqs = Vec::with_capacity(events.len());
+        let now = now_ms();
+        for (key, body) in events {
+            let exists: bool = conn
+                .query_row("SELECT 1 FROM outbox WHERE event_key = ?1", [&key], |_| {
+                    Ok(true)
+                })
+                .optional()?
+                .unwrap_or(false);
+            if exists {
+                continue;
+            }
+            let data = serde_json::to_string(&frame_data(&body)).unwrap_or_default();
+            last += 1;
+            conn.execute(
+                "INSERT INTO outbox (seq, event_key, type, data, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![last as i64, key, body.type_name(), data, now],
+            )?;
+            seqs.push(last);
+        }
+        Self::set_meta(conn, "events_last_seq", &last.to_string())?;
+        Ok(seqs)
+    }
+
+    /// Unacked events with seq > `after`, oldest first, at most `limit`.
+    pub fn outbox_after(&self, after: u64, limit: usize) -> Result<Vec<OutboxEntry>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, type, data FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, ty, data) = row?;
+            out.push(OutboxEntry {
+                seq: seq as u64,
+                body: parse_body(&ty, &data)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Number of events waiting for an ack.
+    pub fn outbox_depth(&self) -> Result<u64> {
+        let conn = self.lock();
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    /// Drops every event up to `upto` (a cumulative ack).
+    pub fn ack_events(&self, upto: u64) -> Result<()> {
+        let conn = self.lock();
+        conn.execute("DELETE FROM outbox WHERE seq <= ?1", [upto as i64])?;
+        Ok(())
+    }
+
+    /// The command stream's epoch (empty before the first welcome) and the
+    /// highest command seq durably processed.
+    pub fn commands_position(&self) -> Result<(String, u64)> {
+        let conn = self.lock();
+        let epoch = Self::meta(&conn, "commands_epoch")?.unwrap_or_default();
+        Ok((epoch, Self::meta_u64(&conn, "commands_acked_upto")?))
+    }
+
+    /// Adopts the service's command epoch; a new epoch restarts the count
+    /// (the `client_msg_id` key still keeps replays from sending twice).
+    pub fn adopt_commands_epoch(&self, epoch: &str) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        if Self::meta(&tx, "commands_epoch")?.as_deref() != Some(epoch) {
+            Self::set_meta(&tx, "commands_epoch", epoch)?;
+            Self::set_meta(&tx, "commands_acked_upto", "0")?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records a durable command with sequence number `seq`. `cmd` is `None`
+    /// for commands the daemon does not act on (yet): they still advance the
+    /// stream so it never stalls.
+    pub fn accept_command(&self, seq: u64, cmd: Option<&CmdSend>) -> Result<Accepted> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let committed = Self::meta_u64(&tx, "commands_acked_upto")?;
+        if seq <= committed {
+            return Ok(Accepted::Duplicate);
+        }
+        if seq > committed + 1 {
+            return Ok(Accepted::Gap { committed });
+        }
+        let mut outcome = Accepted::Duplicate;
+        if let Some(cmd) = cmd {
+            let now = now_ms();
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO sends (client_msg_id, phase, cmd, created_ms, updated_ms)
+                 VALUES (?1, 'queued', ?2, ?3, ?3)",
+                params![
+                    cmd.client_msg_id,
+                    serde_json::to_string(cmd).unwrap_or_default(),
+                    now
+                ],
+            )?;
+            if inserted == 1 {
+                outcome = Accepted::Queued;
+            } else {
+                // A replay of a known send: answer with the stored result
+                // again, never dispatch again.
+                let stored: Option<String> = tx.query_row(
+                    "SELECT result FROM sends WHERE client_msg_id = ?1",
+                    [&cmd.client_msg_id],
+                    |r| r.get(0),
+                )?;
+                if let Some(result) = stored {
+                    let result: SendResult =
+                        serde_json::from_str(&result).map_err(|e| StoreError::Corrupt {
+                            kind: "send result",
+                            detail: e.to_string(),
+                        })?;
+                    Self::append_in(
+                        &tx,
+                        vec![(send_event_key(&result.client_msg_id), Body::SendResult(result))],
+                    )?;
+                }
+            }
+        }
+        Self::set_meta(&tx, "commands_acked_upto", &seq.to_string())?;
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// The oldest send in `phase`.
+    pub fn next_send(&self, phase: SendPhase) -> Result<Option<SendRecord>> {
+        let conn = self.lock();
+        let row = conn
+            .query_row(
+                "SELECT cmd, phase, max_rowid_before, target_chat, dispatched_ms FROM sends
+                 WHERE phase = ?1 ORDER BY created_ms, rowid LIMIT 1",
+                [phase.as_str()],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(cmd, phase, max_rowid_before, target_chat, dispatched_ms)| {
+            Ok(SendRecord {
+                cmd: serde_json::from_str(&cmd).map_err(|e| StoreError::Corrupt {
+                    kind: "send command",
+                    detail: e.to_string(),
+                })?,
+                phase: SendPhase::parse(&phase),
+                max_rowid_before,
+                target_chat,
+                dispatched_ms,
+            })
+        })
+        .transpose()
+    }
+
+    /// Sends not yet finished.
+    pub fn pending_sends(&self) -> Result<u64> {
+        let conn = self.lock();
+        let n: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM sends WHERE phase != 'done'",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
+    }
+
+    /// Marks a send as handed to Messages. Committed before osascript runs, so
+    /// a crash afterwards can only lead to correlation, never a second send.
+    pub fn mark_dispatching(
+        &self,
+        client_msg_id: &str,
+        max_rowid_before: i64,
+        target_chat: Option<&str>,
+    ) -> Result<()> {
+        let conn = self.lock();
+        let now = now_ms();
+        conn.execute(
+            "UPDATE sends SET phase = 'dispatching', max_rowid_before = ?2, target_chat = ?3,
+             dispatched_ms = ?4, updated_ms = ?4 WHERE client_msg_id = ?1",
+            params![client_msg_id, max_rowid_before, target_chat, now],
+        )?;
+        Ok(())
+    }
+
+    /// Finishes a send: stores its result and queues `send.result`, atomically.
+    pub fn finish_send(&self, result: &SendResult) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE sends SET phase = 'done', result = ?2, updated_ms = ?3 WHERE client_msg_id = ?1",
+            params![
+                result.client_msg_id,
+                serde_json::to_string(result).unwrap_or_default(),
+                now_ms()
+            ],
+        )?;
+        Self::append_in(
+            &tx,
+            vec![(
+                send_event_key(&result.client_msg_id),
+                Body::SendResult(result.clone()),
+            )],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The send whose from-me row this is, if any: a recent send (dispatched
+    /// in the last ten minutes) to the same chat with the same text, not yet
+    /// tied to another row. A send made to a handle with no chat yet matches
+    /// the one-to-one chat with that handle (`direct_handle`). Ties the send to
+    /// `guid`, so one send is never the origin of two rows.
+    pub fn claim_origin(
+        &self,
+        chat_guid: &str,
+        direct_handle: Option<&str>,
+        text: &str,
+        guid: &str,
+    ) -> Result<Option<String>> {
+        let conn = self.lock();
+        let since = now_ms() - 10 * 60 * 1000;
+        let mut stmt = conn.prepare_cached(
+            "SELECT client_msg_id, cmd, target_chat FROM sends
+             WHERE dispatched_ms >= ?1 AND (origin_guid IS NULL OR origin_guid = ?2)
+             ORDER BY dispatched_ms",
+        )?;
+        let candidates = stmt
+            .query_map(params![since, guid], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                ))
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        for (id, cmd, target) in candidates {
+            let Ok(cmd) = serde_json::from_str::<CmdSend>(&cmd) else {
+                continue;
+            };
+            let same_chat = match &target {
+                Some(t) => t == chat_guid,
+                None => {
+                    direct_handle.is_some()
+                        && cmd.to.as_ref().map(|t| t.handle.as_str()) == direct_handle
+                }
+            };
+            if same_chat && cmd.text == text {
+                conn.execute(
+                    "UPDATE sends SET origin_guid = ?2 WHERE client_msg_id = ?1",
+                    params![id, guid],
+                )?;
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The idempotency key of a send's result event.
+pub fn send_event_key(client_msg_id: &str) -> String {
+    format!("send:{client_msg_id}")
+}
+
+fn frame_data(body: &Body) -> Value {
+    // A frame with a placeholder id: only its `data` is stored.
+    whatsnap_proto::Frame::new(body.clone(), 0)
+        .to_value()
+        .get("data")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn parse_body(ty: &str, data: &str) -> Result<Body> {
+    let text = format!(r#"{{"v":1,"type":{},"id":"stored","ts":0,"data":{data}}}"#, Value::from(ty));
+    whatsnap_proto::frame::decode(&text)
+        .map(|f| f.body)
+        .map_err(|e| StoreError::Corrupt {
+            kind: "outbox frame",
+            detail: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use whatsnap_proto::frame::{SendState, ServicePref, SendTo};
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state.db")).expect("open");
+        (dir, store)
+    }
+
+    fn cmd(id: &str, text: &str) -> CmdSend {
+        CmdSend {
+            client_msg_id: id.into(),
+            to: Some(SendTo {
+                handle: "+15551234567".into(),
+            }),
+            chat_guid: None,
+            text: text.into(),
+            attachments: vec![],
+            service_pref: ServicePref::Auto,
+            reply_to_guid: None,
+            expires_at_ms: None,
+        }
+    }
+
+    fn result(id: &str) -> SendResult {
+        SendResult {
+            client_msg_id: id.into(),
+            state: SendState::Sent,
+            guids: vec!["G1".into()],
+            service: Some("iMessage".into()),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn cursor_and_events_survive_reopen_and_seqs_continue() {
+        let (dir, store) = store();
+        let seqs = store
+            .append_events(10, vec![("send:a".into(), Body::SendResult(result("a")))])
+            .expect("append");
+        assert_eq!(seqs, vec![1]);
+        drop(store);
+        let store = Store::open(&dir.path().join("state.db")).expect("reopen");
+        assert_eq!(store.chatdb_cursor().expect("cursor"), Some(10));
+        assert_eq!(store.outbox_after(0, 10).expect("outbox").len(), 1);
+        store.ack_events(1).expect("ack");
+        let seqs = store
+            .append_events(11, vec![("send:b".into(), Body::SendResult(result("b")))])
+            .expect("append");
+        assert_eq!(seqs, vec![2], "an acked seq is never reused");
+    }
+
+    #[test]
+    fn an_event_key_already_waiting_is_not_queued_twice() {
+        let (_dir, store) = store();
+        let ev = || vec![("send:a".to_string(), Body::SendResult(result("a")))];
+        store.append_events(1, ev()).expect("first");
+        assert!(store.append_events(2, ev()).expect("second").is_empty());
+        assert_eq!(store.outbox_depth().expect("depth"), 1);
+    }
+
+    #[test]
+    fn commands_are_accepted_once_in_order() {
+        let (_dir, store) = store();
+        store.adopt_commands_epoch("E").expect("epoch");
+        assert_eq!(
+            store.accept_command(2, Some(&cmd("a", "x"))).expect("gap"),
+            Accepted::Gap { committed: 0 }
+        );
+        assert_eq!(
+            store.accept_command(1, Some(&cmd("a", "x"))).expect("new"),
+            Accepted::Queued
+        );
+        assert_eq!(
+            store.accept_command(1, Some(&cmd("a", "x"))).expect("dup"),
+            Accepted::Duplicate
+        );
+        // Same client_msg_id under a new epoch: recorded, not queued again.
+        store.adopt_commands_epoch("F").expect("epoch");
+        assert_eq!(
+            store.accept_command(1, Some(&cmd("a", "x"))).expect("replay"),
+            Accepted::Duplicate
+        );
+        assert_eq!(store.pending_sends().expect("pending"), 1);
+    }
+
+    #[test]
+    fn a_replayed_finished_send_answers_its_stored_result_again() {
+        let (_dir, store) = store();
+        store.adopt_commands_epoch("E").expect("epoch");
+        store.accept_command(1, Some(&cmd("a", "x"))).expect("new");
+        store.finish_send(&result("a")).expect("finish");
+        store.ack_events(1).expect("ack");
+        store.adopt_commands_epoch("F").expect("epoch");
+        store.accept_command(1, Some(&cmd("a", "x"))).expect("replay");
+        let out = store.outbox_after(0, 10).expect("outbox");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].body, Body::SendResult(result("a")));
+    }
+
+    #[test]
+    fn origin_is_claimed_by_one_row_only() {
+        let (_dir, store) = store();
+        store.adopt_commands_epoch("E").expect("epoch");
+        store.accept_command(1, Some(&cmd("a", "hello"))).expect("new");
+        store
+            .mark_dispatching("a", 5, Some("iMessage;-;+15551234567"))
+            .expect("dispatch");
+        let chat = "iMessage;-;+15551234567";
+        let claim = |text: &str, guid: &str| store.claim_origin(chat, None, text, guid).expect("claim");
+        assert_eq!(claim("other", "G0"), None);
+        assert_eq!(claim("hello", "G1"), Some("a".into()));
+        assert_eq!(claim("hello", "G1"), Some("a".into()), "the same row again");
+        assert_eq!(claim("hello", "G2"), None, "a second row with the same text");
+    }
+}
