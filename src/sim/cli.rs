@@ -1,12 +1,110 @@
-//! `whatsnap-mac sim ...`: drive the simulator from the command line.
+//! `whatsnap-mac sim ...`: the simulator from the command line, for tests, the
+//! demo and by-hand experiments. Hidden from the main help.
 //!
-//! STUB: being written by a helper.
+//! `sim osascript` is the one a daemon runs: it takes osascript's own command
+//! line after `--`, so the wrapper from [`fake_osascript::write_wrapper`] can
+//! pass `"$@"` through untouched.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::sim::{Simulator, fake_osascript};
 
 /// Simulator commands (hidden from the main help).
 #[derive(Debug, clap::Subcommand)]
-pub enum SimCommand {}
+pub enum SimCommand {
+    /// Create a new chat.db with the macOS 15 Sequoia schema (refuses to overwrite).
+    Init {
+        /// Where to create the database.
+        #[arg(long, value_name = "PATH")]
+        chat_db: PathBuf,
+    },
+    /// Write an incoming iMessage, as if HANDLE had texted this Mac; prints its guid.
+    Receive {
+        /// The simulated chat.db.
+        #[arg(long, value_name = "PATH")]
+        chat_db: PathBuf,
+        /// Sender: an E.164 phone number (+15551234567) or an email address.
+        #[arg(long, value_name = "HANDLE")]
+        from: String,
+        /// The message text.
+        #[arg(allow_hyphen_values = true)]
+        text: String,
+    },
+    /// Mark a message delivered (a delivery receipt arrived).
+    Deliver {
+        /// The simulated chat.db.
+        #[arg(long, value_name = "PATH")]
+        chat_db: PathBuf,
+        /// The message guid.
+        guid: String,
+    },
+    /// Write an executable `osascript` wrapper into DIR that runs this fake; prints its path.
+    Wrapper {
+        /// Folder to write `osascript` into.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// The simulated chat.db the wrapper writes.
+        #[arg(long, value_name = "PATH")]
+        chat_db: PathBuf,
+    },
+    /// Act as `/usr/bin/osascript`: `sim osascript --chat-db PATH -- - <args>...`,
+    /// script on stdin.
+    Osascript {
+        /// The simulated chat.db.
+        #[arg(long, value_name = "PATH")]
+        chat_db: PathBuf,
+        /// osascript's arguments: `-` (script from stdin) then the script's arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<String>,
+    },
+}
 
 /// Runs a simulator command and returns the process exit code.
 pub fn run(cmd: SimCommand) -> anyhow::Result<i32> {
-    match cmd {}
+    match cmd {
+        SimCommand::Init { chat_db } => {
+            Simulator::create(&chat_db)?;
+            Ok(0)
+        }
+        SimCommand::Receive {
+            chat_db,
+            from,
+            text,
+        } => {
+            let message = Simulator::open(&chat_db)?.receive(&from, &text)?;
+            println!("{}", message.guid);
+            Ok(0)
+        }
+        SimCommand::Deliver { chat_db, guid } => {
+            Simulator::open(&chat_db)?.mark_delivered(&guid)?;
+            Ok(0)
+        }
+        SimCommand::Wrapper { dir, chat_db } => {
+            let exe = std::env::current_exe()
+                .context("cannot find this program's own path to put in the wrapper")?;
+            let path = fake_osascript::write_wrapper(&dir, &exe, &chat_db).with_context(|| {
+                format!("cannot write the osascript wrapper into {}", dir.display())
+            })?;
+            println!("{}", path.display());
+            Ok(0)
+        }
+        SimCommand::Osascript { chat_db, args } => {
+            let mut script = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut script)
+                .context("cannot read the script from stdin")?;
+            // A script that is not UTF-8 cannot be one of ours; lossy
+            // conversion keeps it unrecognised and lets the fake refuse it.
+            let script = String::from_utf8_lossy(&script);
+            Ok(fake_osascript::run(
+                &chat_db,
+                &args,
+                &script,
+                &mut std::io::stderr().lock(),
+            ))
+        }
+    }
 }

@@ -1,6 +1,21 @@
-//! Messages simulator: writes chat.db exactly as Messages does.
+//! Messages simulator: writes chat.db exactly as Messages does, and stands in
+//! for `osascript`, so every path of the daemon runs on Linux.
 //!
-//! STUB: being written by a helper.
+//! - [`schema`]: the macOS 15 Sequoia chat.db schema a new database gets.
+//! - [`Simulator`]: the rows Messages writes when a message arrives or a send
+//!   succeeds, each event in one transaction, left in the WAL.
+//! - [`fake_osascript`]: the `osascript - <args>` command line, answering
+//!   whatsnap's constant scripts by writing chat.db, plus a wrapper script a
+//!   daemon can be pointed at with `--osascript`.
+//! - [`body`]: the typedstream `attributedBody` of a message.
+//! - [`cli`]: the hidden `whatsnap-mac sim ...` commands.
 
 pub mod body;
 pub mod cli;
+pub mod fake_osascript;
+pub mod schema;
+mod writer;
+
+pub use writer::{
+    DEFAULT_ACCOUNT_GUID, DEFAULT_OWN_ADDRESS, SimError, SimMessage, SimTarget, Simulator,
+};
