@@ -14,6 +14,7 @@
 
 pub mod apple_time;
 pub mod chatdb;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;

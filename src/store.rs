@@ -354,7 +354,10 @@ impl Store {
                         })?;
                     Self::append_in(
                         &tx,
-                        vec![(send_event_key(&result.client_msg_id), Body::SendResult(result))],
+                        vec![(
+                            send_event_key(&result.client_msg_id),
+                            Body::SendResult(result),
+                        )],
                     )?;
                 }
             }
@@ -383,18 +386,20 @@ impl Store {
                 },
             )
             .optional()?;
-        row.map(|(cmd, phase, max_rowid_before, target_chat, dispatched_ms)| {
-            Ok(SendRecord {
-                cmd: serde_json::from_str(&cmd).map_err(|e| StoreError::Corrupt {
-                    kind: "send command",
-                    detail: e.to_string(),
-                })?,
-                phase: SendPhase::parse(&phase),
-                max_rowid_before,
-                target_chat,
-                dispatched_ms,
-            })
-        })
+        row.map(
+            |(cmd, phase, max_rowid_before, target_chat, dispatched_ms)| {
+                Ok(SendRecord {
+                    cmd: serde_json::from_str(&cmd).map_err(|e| StoreError::Corrupt {
+                        kind: "send command",
+                        detail: e.to_string(),
+                    })?,
+                    phase: SendPhase::parse(&phase),
+                    max_rowid_before,
+                    target_chat,
+                    dispatched_ms,
+                })
+            },
+        )
         .transpose()
     }
 
@@ -516,7 +521,10 @@ fn frame_data(body: &Body) -> Value {
 }
 
 fn parse_body(ty: &str, data: &str) -> Result<Body> {
-    let text = format!(r#"{{"v":1,"type":{},"id":"stored","ts":0,"data":{data}}}"#, Value::from(ty));
+    let text = format!(
+        r#"{{"v":1,"type":{},"id":"stored","ts":0,"data":{data}}}"#,
+        Value::from(ty)
+    );
     whatsnap_proto::frame::decode(&text)
         .map(|f| f.body)
         .map_err(|e| StoreError::Corrupt {
@@ -528,7 +536,7 @@ fn parse_body(ty: &str, data: &str) -> Result<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use whatsnap_proto::frame::{SendState, ServicePref, SendTo};
+    use whatsnap_proto::frame::{SendState, SendTo, ServicePref};
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -607,7 +615,9 @@ mod tests {
         // Same client_msg_id under a new epoch: recorded, not queued again.
         store.adopt_commands_epoch("F").expect("epoch");
         assert_eq!(
-            store.accept_command(1, Some(&cmd("a", "x"))).expect("replay"),
+            store
+                .accept_command(1, Some(&cmd("a", "x")))
+                .expect("replay"),
             Accepted::Duplicate
         );
         assert_eq!(store.pending_sends().expect("pending"), 1);
@@ -621,7 +631,9 @@ mod tests {
         store.finish_send(&result("a")).expect("finish");
         store.ack_events(1).expect("ack");
         store.adopt_commands_epoch("F").expect("epoch");
-        store.accept_command(1, Some(&cmd("a", "x"))).expect("replay");
+        store
+            .accept_command(1, Some(&cmd("a", "x")))
+            .expect("replay");
         let out = store.outbox_after(0, 10).expect("outbox");
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].body, Body::SendResult(result("a")));
@@ -631,15 +643,22 @@ mod tests {
     fn origin_is_claimed_by_one_row_only() {
         let (_dir, store) = store();
         store.adopt_commands_epoch("E").expect("epoch");
-        store.accept_command(1, Some(&cmd("a", "hello"))).expect("new");
+        store
+            .accept_command(1, Some(&cmd("a", "hello")))
+            .expect("new");
         store
             .mark_dispatching("a", 5, Some("iMessage;-;+15551234567"))
             .expect("dispatch");
         let chat = "iMessage;-;+15551234567";
-        let claim = |text: &str, guid: &str| store.claim_origin(chat, None, text, guid).expect("claim");
+        let claim =
+            |text: &str, guid: &str| store.claim_origin(chat, None, text, guid).expect("claim");
         assert_eq!(claim("other", "G0"), None);
         assert_eq!(claim("hello", "G1"), Some("a".into()));
         assert_eq!(claim("hello", "G1"), Some("a".into()), "the same row again");
-        assert_eq!(claim("hello", "G2"), None, "a second row with the same text");
+        assert_eq!(
+            claim("hello", "G2"),
+            None,
+            "a second row with the same text"
+        );
     }
 }

@@ -171,7 +171,9 @@ impl ChatDb {
     /// `MAX(ROWID)` of `message` (0 when empty).
     pub fn max_rowid(&self) -> Result<i64, ChatDbError> {
         self.conn
-            .query_row("SELECT IFNULL(MAX(ROWID), 0) FROM message", [], |r| r.get(0))
+            .query_row("SELECT IFNULL(MAX(ROWID), 0) FROM message", [], |r| {
+                r.get(0)
+            })
             .map_err(|e| self.err(e))
     }
 
@@ -479,8 +481,14 @@ mod tests {
     #[test]
     fn handles_are_normalised() {
         assert_eq!(normalize_handle("+1 (555) 123-4567").handle, "+15551234567");
-        assert_eq!(normalize_handle("+1 (555) 123-4567").kind, HandleKind::Phone);
-        assert_eq!(normalize_handle("Mike@Example.COM").handle, "mike@example.com");
+        assert_eq!(
+            normalize_handle("+1 (555) 123-4567").kind,
+            HandleKind::Phone
+        );
+        assert_eq!(
+            normalize_handle("Mike@Example.COM").handle,
+            "mike@example.com"
+        );
         assert_eq!(normalize_handle("12345").kind, HandleKind::Other);
     }
 

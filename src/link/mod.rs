@@ -127,7 +127,11 @@ impl Link {
                     }
                     let delay = backoff_delay(attempt);
                     attempt = attempt.saturating_add(1);
-                    tracing::warn!(attempt, delay_ms = delay.as_millis() as u64, "link lost: {reason}");
+                    tracing::warn!(
+                        attempt,
+                        delay_ms = delay.as_millis() as u64,
+                        "link lost: {reason}"
+                    );
                     self.state.send_replace(LinkState::Retrying {
                         reason,
                         retry_in: delay,
@@ -355,7 +359,9 @@ impl Link {
             events_epoch: events_epoch.clone(),
         };
         // Resend everything the service has not acked.
-        session.flush(ws, &mut sent_upto, acked_upto, window).await?;
+        session
+            .flush(ws, &mut sent_upto, acked_upto, window)
+            .await?;
 
         loop {
             let stable = welcomed_at.elapsed() > Duration::from_secs(60);
@@ -563,7 +569,8 @@ impl Session<'_> {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!("refusing a frame from the service: {e}");
-                self.send(ws, Frame::new(e.to_error_body(), now_ms())).await?;
+                self.send(ws, Frame::new(e.to_error_body(), now_ms()))
+                    .await?;
                 // An unknown durable frame still moves the stream on.
                 if let DecodeError::UnknownType { seq: Some(seq), .. } = e {
                     self.accept(ws, seq, None).await?;
@@ -704,9 +711,7 @@ fn closed(frame: Option<CloseFrame>) -> SessionEnd {
     }
 }
 
-fn retry_after(
-    response: &tungstenite::http::Response<Option<Vec<u8>>>,
-) -> Option<Duration> {
+fn retry_after(response: &tungstenite::http::Response<Option<Vec<u8>>>) -> Option<Duration> {
     response
         .headers()
         .get("Retry-After")?

@@ -65,7 +65,9 @@ pub enum PairError {
         detail: String,
     },
     /// Not paired yet.
-    #[error("this Mac is not paired yet: run `whatsnap-mac pair --server URL CODE` with the code from your WhatSnap admin")]
+    #[error(
+        "this Mac is not paired yet: run `whatsnap-mac pair --server URL CODE` with the code from your WhatSnap admin"
+    )]
     NotPaired,
     /// The credentials file is unreadable.
     #[error("cannot read or write the credentials at {path}: {detail}")]
@@ -129,15 +131,16 @@ pub async fn pair(
         code: normalize_code(code),
         device,
     };
-    let response = client
-        .post(&url)
-        .json(&request)
-        .send()
-        .await
-        .map_err(|e| PairError::Unreachable {
-            server: server.to_owned(),
-            detail: e.without_url().to_string(),
-        })?;
+    let response =
+        client
+            .post(&url)
+            .json(&request)
+            .send()
+            .await
+            .map_err(|e| PairError::Unreachable {
+                server: server.to_owned(),
+                detail: e.without_url().to_string(),
+            })?;
     let status = response.status();
     if !status.is_success() {
         let message = match response.json::<ApiError>().await {

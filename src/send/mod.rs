@@ -53,11 +53,9 @@ impl Sender {
         loop {
             let next = {
                 let store = self.store.clone();
-                crate::blocking(move || {
-                    match store.next_send(SendPhase::Dispatching)? {
-                        Some(s) => Ok(Some(s)),
-                        None => store.next_send(SendPhase::Queued),
-                    }
+                crate::blocking(move || match store.next_send(SendPhase::Dispatching)? {
+                    Some(s) => Ok(Some(s)),
+                    None => store.next_send(SendPhase::Queued),
                 })
                 .await
             };
@@ -118,7 +116,10 @@ impl Sender {
             return finished(
                 &cmd,
                 SendState::Expired,
-                Some(("expired", "the send waited past its deadline and was not dispatched")),
+                Some((
+                    "expired",
+                    "the send waited past its deadline and was not dispatched",
+                )),
             );
         }
         if cmd.text.is_empty() {
@@ -130,7 +131,9 @@ impl Sender {
         }
         let (script, target, known_chat) = match self.target(&cmd).await {
             Ok(t) => t,
-            Err(reason) => return finished(&cmd, SendState::Rejected, Some(("bad_target", &reason))),
+            Err(reason) => {
+                return finished(&cmd, SendState::Rejected, Some(("bad_target", &reason)));
+            }
         };
         let before = match self.chat_db.call(|db| db.max_rowid()).await {
             Ok(n) => n,

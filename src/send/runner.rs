@@ -155,13 +155,20 @@ mod tests {
     #[test]
     fn error_numbers_are_read_from_the_end_not_the_text() {
         assert_eq!(
-            error_number("0:42: execution error: Messages got an error: Can’t get chat id \"x (1)\". (-1728)\n"),
+            error_number(
+                "0:42: execution error: Messages got an error: Can’t get chat id \"x (1)\". (-1728)\n"
+            ),
             Some(-1728)
         );
         assert_eq!(
-            error_number("execution error: Not authorized to send Apple events to Messages. (-1743)"),
+            error_number(
+                "execution error: Not authorized to send Apple events to Messages. (-1743)"
+            ),
             Some(-1743)
         );
-        assert_eq!(error_number("osascript: can't open default scripting component"), None);
+        assert_eq!(
+            error_number("osascript: can't open default scripting component"),
+            None
+        );
     }
 }

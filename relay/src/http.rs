@@ -1,0 +1,398 @@
+//! The HTTP face of the service: admin API, pairing, health, and the device
+//! websocket's upgrade (authentication happens here, the session itself in
+//! [`crate::session`]).
+//!
+//! Every error answer is an [`ApiError`] JSON body whose message says what to
+//! do; that includes bad JSON, unknown routes and auth failures, so the CLI
+//! can always print something useful. Admin routes need
+//! `Authorization: Bearer <admin token>`: missing → 401, wrong → 403.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, patch, post, put};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use whatsnap_proto::api::{
+    AccountView, ApiError, ContactView, CreateAccountRequest, CreateAccountResponse, MessageView,
+    PairRequest, PairResponse, PairingCode, SendMessageRequest, SetContactTagRequest,
+};
+use whatsnap_proto::close;
+
+use crate::store::{self, ServiceError};
+use crate::{AppState, RelayEvent, now_ms, secret, session};
+
+/// Hard cap handed to the websocket library; frames between the protocol's
+/// 1 MiB and this are read and refused by the session with close 1009, so
+/// the daemon learns why instead of seeing a dropped connection.
+const WS_HARD_CAP_BYTES: usize = 4 * whatsnap_proto::DEFAULT_MAX_FRAME_BYTES;
+
+/// An error answer: status plus [`ApiError`] body.
+#[derive(Debug)]
+pub(crate) struct ApiFailure {
+    status: StatusCode,
+    body: ApiError,
+}
+
+impl ApiFailure {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiFailure {
+            status,
+            body: ApiError::new(code, message),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiFailure {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Refused {
+                status,
+                code,
+                message,
+            } => ApiFailure::new(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                code,
+                message,
+            ),
+            other => {
+                tracing::error!(error = %other, "request failed");
+                ApiFailure::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("the service failed: {other}; see the service log and retry"),
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiFailure>;
+
+fn body<T>(input: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+    input.map(|Json(t)| t).map_err(|e| {
+        ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("the request body is not what this endpoint takes: {e}"),
+        )
+    })
+}
+
+/// The routes of the service.
+pub(crate) fn router(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/v1/accounts", post(create_account).get(list_accounts))
+        .route("/v1/accounts/{id}", delete(remove_account))
+        .route("/v1/accounts/{id}/pairing-code", post(new_pairing_code))
+        .route("/v1/accounts/{id}/settings", patch(update_settings))
+        .route("/v1/contacts", get(list_contacts))
+        .route("/v1/contacts/{id}/account-tag", put(set_contact_tag))
+        .route("/v1/messages", post(send_message).get(list_messages))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/v1/pair", post(pair))
+        .route("/v1/device/ws", get(device_ws))
+        .merge(admin)
+        .fallback(|| async {
+            ApiFailure::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; check the --server URL and the whatsnap-relay version",
+            )
+        })
+        .with_state(state)
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+async fn require_admin(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    const HOW: &str = "pass the admin token with --admin-token or WHATSNAP_ADMIN_TOKEN (`whatsnap-relay serve` stores it in <data-dir>/admin-token)";
+    let Some(token) = bearer(req.headers()) else {
+        return ApiFailure::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            format!("this endpoint needs the admin token; {HOW}"),
+        )
+        .into_response();
+    };
+    let hash = secret::sha256(token.as_bytes());
+    if !secret::constant_time_eq(&hash, &state.inner.admin_token_hash) {
+        return ApiFailure::new(
+            StatusCode::FORBIDDEN,
+            "wrong_token",
+            format!("the admin token is wrong; {HOW}"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+fn view(state: &AppState, account: &store::AccountRecord) -> AccountView {
+    let live = account
+        .device
+        .as_ref()
+        .and_then(|d| state.inner.hub.live_since(&d.id));
+    store::account_view(account, live)
+}
+
+async fn create_account(
+    State(state): State<AppState>,
+    req: Result<Json<CreateAccountRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<CreateAccountResponse>)> {
+    let req = body(req)?;
+    let now = now_ms();
+    let (account, code) = state
+        .inner
+        .db
+        .call(move |c| store::create_account(c, &req.name, now))
+        .await?;
+    tracing::info!(account = account.id, tag = account.tag, "account created");
+    Ok((
+        StatusCode::CREATED,
+        Json(store::create_account_response(&account, code)),
+    ))
+}
+
+async fn list_accounts(State(state): State<AppState>) -> ApiResult<Json<Vec<AccountView>>> {
+    let accounts = state.inner.db.call(|c| store::list_accounts(c)).await?;
+    Ok(Json(accounts.iter().map(|a| view(&state, a)).collect()))
+}
+
+async fn remove_account(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<AccountView>> {
+    let now = now_ms();
+    let (account, devices) = state
+        .inner
+        .db
+        .call(move |c| store::remove_account(c, &key, now))
+        .await?;
+    for device in &devices {
+        state.inner.hub.close(
+            device,
+            close::UNAUTHORIZED,
+            "this device's account was removed; pair again with `whatsnap-mac pair`",
+        );
+    }
+    tracing::info!(account = account.id, "account removed");
+    Ok(Json(view(&state, &account)))
+}
+
+async fn new_pairing_code(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+) -> ApiResult<Json<PairingCode>> {
+    let now = now_ms();
+    let code = state
+        .inner
+        .db
+        .call(move |c| store::new_pairing_code(c, &key, now))
+        .await?;
+    Ok(Json(code))
+}
+
+async fn update_settings(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    req: Result<Json<Map<String, Value>>, JsonRejection>,
+) -> ApiResult<Json<AccountView>> {
+    let values = body(req)?;
+    let now = now_ms();
+    let (account, device) = state
+        .inner
+        .db
+        .call(move |c| store::update_settings(c, &key, values, now))
+        .await?;
+    if let Some(device) = device {
+        state.inner.hub.pump(&device);
+    }
+    Ok(Json(view(&state, &account)))
+}
+
+async fn pair(
+    State(state): State<AppState>,
+    req: Result<Json<PairRequest>, JsonRejection>,
+) -> ApiResult<Json<PairResponse>> {
+    let req = body(req)?;
+    let now = now_ms();
+    let paired = state
+        .inner
+        .db
+        .call(move |c| store::pair(c, &req.code, &req.device, now))
+        .await?;
+    for old in &paired.replaced {
+        state.inner.hub.close(
+            old,
+            close::REPLACED,
+            "this account was paired with another device; run `whatsnap-mac pair` to take it back",
+        );
+    }
+    let base = &state.inner.public_url;
+    let ws_base = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.clone()
+    };
+    tracing::info!(
+        account = paired.account.id,
+        device = paired.device_id,
+        "device paired"
+    );
+    Ok(Json(PairResponse {
+        device_id: paired.device_id,
+        account_id: paired.account.id,
+        account_name: paired.account.name,
+        account_tag: paired.account.tag,
+        ws_url: format!("{ws_base}/v1/device/ws"),
+        device_token: paired.device_token,
+        settings: Some(paired.account.settings),
+    }))
+}
+
+async fn list_contacts(State(state): State<AppState>) -> ApiResult<Json<Vec<ContactView>>> {
+    Ok(Json(
+        state.inner.db.call(|c| store::list_contacts(c)).await?,
+    ))
+}
+
+async fn set_contact_tag(
+    State(state): State<AppState>,
+    Path(key): Path<String>,
+    req: Result<Json<SetContactTagRequest>, JsonRejection>,
+) -> ApiResult<Json<ContactView>> {
+    let req = body(req)?;
+    let now = now_ms();
+    let contact = state
+        .inner
+        .db
+        .call(move |c| store::set_contact_tag(c, &key, &req.tag, now))
+        .await?;
+    Ok(Json(contact))
+}
+
+async fn send_message(
+    State(state): State<AppState>,
+    req: Result<Json<SendMessageRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<MessageView>)> {
+    let req = body(req)?;
+    let now = now_ms();
+    let queued = state
+        .inner
+        .db
+        .call(move |c| store::queue_message(c, &req, now))
+        .await?;
+    if !queued.created {
+        return Ok((StatusCode::OK, Json(queued.view)));
+    }
+    if let (Some(device), Some(id)) = (&queued.device_id, &queued.view.client_msg_id) {
+        state.emit(RelayEvent::CommandQueued {
+            account_id: queued.view.account_id.clone(),
+            client_msg_id: id.clone(),
+        });
+        state.inner.hub.pump(device);
+    }
+    Ok((StatusCode::ACCEPTED, Json(queued.view)))
+}
+
+#[derive(Deserialize)]
+struct MessagesQuery {
+    contact: Option<String>,
+}
+
+async fn list_messages(
+    State(state): State<AppState>,
+    Query(q): Query<MessagesQuery>,
+) -> ApiResult<Json<Vec<MessageView>>> {
+    let messages = state
+        .inner
+        .db
+        .call(move |c| store::list_messages(c, q.contact.as_deref()))
+        .await?;
+    Ok(Json(messages))
+}
+
+async fn device_ws(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(token) = bearer(&headers) else {
+        return ApiFailure::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "connect with `Authorization: Bearer <device token>`; get a token with `whatsnap-mac pair`",
+        )
+        .into_response();
+    };
+    let hash = secret::sha256_hex(token);
+    let device = match state
+        .inner
+        .db
+        .call(move |c| store::device_by_token(c, &hash))
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => return ApiFailure::from(e).into_response(),
+    };
+    let device = match device {
+        None => {
+            return ApiFailure::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "this device token is not known to the service; run `whatsnap-mac pair` with a new code",
+            )
+            .into_response();
+        }
+        Some(d) if d.revoked => {
+            return ApiFailure::new(
+                StatusCode::UNAUTHORIZED,
+                "revoked",
+                "this device was removed by an admin; run `whatsnap-mac pair` with a new code",
+            )
+            .into_response();
+        }
+        Some(d) if d.replaced => {
+            return ApiFailure::new(
+                StatusCode::UNAUTHORIZED,
+                "replaced",
+                "this account was paired with another device since; run `whatsnap-mac pair` with a new code to take it back",
+            )
+            .into_response();
+        }
+        Some(d) => d,
+    };
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let tracker = state.inner.sessions.clone();
+    ws.protocols([whatsnap_proto::SUBPROTOCOL])
+        .max_message_size(WS_HARD_CAP_BYTES)
+        .max_frame_size(WS_HARD_CAP_BYTES)
+        .on_upgrade(move |socket| tracker.track_future(session::run(state, device, socket)))
+}

@@ -1,0 +1,350 @@
+//! The whole loop with real parts: the account service (whatsnap-relay) on
+//! loopback, a chat.db in WAL mode written by the simulator, and the daemon as
+//! a real process driven by the fake `osascript`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+use whatsnap_mac::chatdb::ChatDb;
+use whatsnap_mac::link::pair;
+use whatsnap_mac::sim::{Simulator, fake_osascript};
+use whatsnap_proto::api::{AccountState, OutboundState};
+use whatsnap_proto::frame::SendState;
+use whatsnap_relay::client::AdminClient;
+use whatsnap_relay::{RelayConfig, RelayEvent, RelayHandle};
+
+const CUSTOMER: &str = "+15551234567";
+const EXE: &str = env!("CARGO_BIN_EXE_whatsnap-mac");
+
+struct System {
+    dir: tempfile::TempDir,
+    relay: Option<RelayHandle>,
+    shutdown: CancellationToken,
+    events: broadcast::Receiver<RelayEvent>,
+    /// Events received but not yet waited for: a wait never loses one.
+    unclaimed: Vec<RelayEvent>,
+    admin: AdminClient,
+    sim: Simulator,
+    chat_db: PathBuf,
+    home: PathBuf,
+    osascript: PathBuf,
+    account_id: String,
+}
+
+impl System {
+    /// Service up, account "Mike" created, Mac paired; daemon not started.
+    async fn new() -> System {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shutdown = CancellationToken::new();
+        let relay = whatsnap_relay::start(
+            RelayConfig {
+                db_path: dir.path().join("relay.db"),
+                listen: ([127, 0, 0, 1], 0).into(),
+                admin_token: "admin-secret".into(),
+                public_url: None,
+            },
+            shutdown.clone(),
+        )
+        .await
+        .expect("relay starts");
+        let events = relay.subscribe();
+        let admin = AdminClient::new(&relay.base_url(), Some("admin-secret".into()));
+        let created = admin.create_account("Mike").await.expect("account");
+        let messages = dir.path().join("Messages");
+        std::fs::create_dir_all(&messages).expect("messages dir");
+        let chat_db = messages.join("chat.db");
+        let sim = Simulator::create(&chat_db).expect("chat.db");
+        let osascript = fake_osascript::write_wrapper(dir.path(), Path::new(EXE), &chat_db)
+            .expect("fake osascript");
+        let home = dir.path().join("home");
+        std::fs::create_dir_all(&home).expect("home");
+        let creds = pair::pair(
+            &reqwest::Client::new(),
+            &relay.base_url(),
+            &created.pairing.code,
+            pair::device_info(),
+        )
+        .await
+        .expect("pairs");
+        pair::save(&home.join("credentials.json"), &creds).expect("save");
+        System {
+            account_id: created.account.id,
+            dir,
+            relay: Some(relay),
+            shutdown,
+            events,
+            unclaimed: Vec::new(),
+            admin,
+            sim,
+            chat_db,
+            home,
+            osascript,
+        }
+    }
+
+    fn osascript_log(&self) -> PathBuf {
+        self.dir.path().join("osascript.jsonl")
+    }
+
+    /// Starts `whatsnap-mac run` and waits until the account is Active.
+    async fn start_daemon(&mut self) -> Child {
+        let child = Command::new(EXE)
+            .arg("run")
+            .arg("--home")
+            .arg(&self.home)
+            .arg("--chat-db")
+            .arg(&self.chat_db)
+            .arg("--osascript")
+            .arg(&self.osascript)
+            .env("WHATSNAP_SIM_OSASCRIPT_LOG", self.osascript_log())
+            .env("WHATSNAP_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join("daemon.log"))
+                    .expect("log"),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .expect("daemon starts");
+        let account = self.account_id.clone();
+        self.wait_for("the account to become Active", |e| {
+            matches!(e, RelayEvent::AccountStatus { account_id, status: AccountState::Active, .. } if *account_id == account)
+        })
+        .await;
+        child
+    }
+
+    async fn wait_for(&mut self, what: &str, want: impl Fn(&RelayEvent) -> bool) -> RelayEvent {
+        let log = self.dir.path().join("daemon.log");
+        if let Some(i) = self.unclaimed.iter().position(&want) {
+            return self.unclaimed.remove(i);
+        }
+        let (events, unclaimed) = (&mut self.events, &mut self.unclaimed);
+        let found = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match events.recv().await {
+                    Ok(e) if want(&e) => return e,
+                    Ok(e) => unclaimed.push(e),
+                    Err(e) => panic!("relay event bus: {e}"),
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(e) => e,
+            Err(_) => panic!(
+                "gave up waiting for {what}; daemon log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ),
+        }
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(relay) = self.relay.take() {
+            relay.wait().await;
+        }
+    }
+}
+
+async fn kill_hard(mut child: Child) {
+    // Child::kill is SIGKILL: no chance to flush, ack or close the socket.
+    child.kill().await.expect("kill -9");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incoming_text_becomes_a_tagged_contact_and_a_reply_leaves_through_messages() {
+    let mut sys = System::new().await;
+    let daemon = sys.start_daemon().await;
+
+    sys.sim
+        .receive(CUSTOMER, "Hi Mike, is the flat still free?")
+        .expect("incoming");
+    let created = sys
+        .wait_for("the contact", |e| {
+            matches!(e, RelayEvent::ContactCreated { .. })
+        })
+        .await;
+    let RelayEvent::ContactCreated {
+        contact_id,
+        handle,
+        tag,
+    } = created
+    else {
+        unreachable!()
+    };
+    assert_eq!(handle, CUSTOMER);
+    assert_eq!(tag.as_deref(), Some("whatsnap-account-Mike"));
+    let contacts = sys.admin.list_contacts().await.expect("contacts");
+    assert_eq!(contacts.len(), 1);
+    assert_eq!(contacts[0].tags, vec!["whatsnap-account-Mike".to_string()]);
+
+    // Hostile text must reach osascript byte for byte, as an argument.
+    let reply =
+        "He said \"hi\" \\ back\nslash & 👋🏽 \" & do shell script \"touch /tmp/pwned-e2e\" & \"";
+    let queued = sys
+        .admin
+        .send_message(&contact_id, reply, None)
+        .await
+        .expect("queued");
+    let result = sys
+        .wait_for("the send result", |e| {
+            matches!(e, RelayEvent::SendResult { .. })
+        })
+        .await;
+    let RelayEvent::SendResult {
+        client_msg_id,
+        state,
+        guids,
+        ..
+    } = result
+    else {
+        unreachable!()
+    };
+    assert_eq!(state, SendState::Sent);
+    assert_eq!(
+        queued.client_msg_id.as_deref(),
+        Some(client_msg_id.as_str())
+    );
+    assert_eq!(guids.len(), 1, "{guids:?}");
+
+    // The from-me row is in chat.db with that GUID and exactly that text.
+    let db = ChatDb::open(&sys.chat_db).expect("open chat.db");
+    let rows = db.read_after(0, 100).expect("rows");
+    let sent = rows
+        .iter()
+        .find(|r| r.guid == guids[0])
+        .expect("the sent row is in chat.db");
+    assert!(sent.from_me);
+    assert_eq!(sent.text.as_deref(), Some(reply));
+    assert!(!Path::new("/tmp/pwned-e2e").exists());
+
+    // osascript got one of our scripts and the text as one argument.
+    let log = std::fs::read_to_string(sys.osascript_log()).expect("osascript log");
+    let calls: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(calls.len(), 1, "exactly one dispatch: {log}");
+    assert_eq!(calls[0]["script"], "send_to_chat");
+    assert_eq!(calls[0]["args"][0], reply);
+    assert_eq!(calls[0]["args"][1], format!("iMessage;-;{CUSTOMER}"));
+
+    // The service shows the outbound message sent, and the echo of our own
+    // row did not become a second message.
+    let messages = sys.admin.list_messages(None).await.expect("messages");
+    let outbound: Vec<_> = messages
+        .iter()
+        .filter(|m| m.direction == "outbound")
+        .collect();
+    let inbound: Vec<_> = messages
+        .iter()
+        .filter(|m| m.direction == "inbound")
+        .collect();
+    assert_eq!(outbound.len(), 1, "{messages:?}");
+    assert_eq!(outbound[0].state, Some(OutboundState::Sent));
+    assert_eq!(outbound[0].guids, guids);
+    assert_eq!(inbound.len(), 1, "{messages:?}");
+
+    kill_hard(daemon).await;
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_daemon_neither_loses_nor_repeats_inbound_messages() {
+    let mut sys = System::new().await;
+    let daemon = sys.start_daemon().await;
+    sys.sim.receive(CUSTOMER, "one").expect("incoming");
+    sys.wait_for(
+        "message one",
+        |e| matches!(e, RelayEvent::MessageReceived { text, .. } if text == "one"),
+    )
+    .await;
+
+    // Killed with nothing in flight; two messages arrive while it is down.
+    kill_hard(daemon).await;
+    sys.wait_for("the account to go Disconnected", |e| {
+        matches!(
+            e,
+            RelayEvent::AccountStatus {
+                status: AccountState::Disconnected,
+                ..
+            }
+        )
+    })
+    .await;
+    sys.sim.receive(CUSTOMER, "two").expect("incoming");
+    sys.sim.receive(CUSTOMER, "three").expect("incoming");
+
+    // Killed at once after a message lands: whatever it read, committed or
+    // sent at that instant must come out exactly once.
+    let daemon = sys.start_daemon().await;
+    sys.sim.receive(CUSTOMER, "four").expect("incoming");
+    kill_hard(daemon).await;
+
+    let daemon = sys.start_daemon().await;
+    for text in ["two", "three", "four"] {
+        sys.wait_for(
+            &format!("message {text}"),
+            |e| matches!(e, RelayEvent::MessageReceived { text: t, .. } if t == text),
+        )
+        .await;
+    }
+    let inbound: Vec<String> = sys
+        .admin
+        .list_messages(None)
+        .await
+        .expect("messages")
+        .into_iter()
+        .filter(|m| m.direction == "inbound")
+        .map(|m| m.text)
+        .collect();
+    let mut sorted = inbound.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec!["four", "one", "three", "two"], "{inbound:?}");
+    let contacts = sys.admin.list_contacts().await.expect("contacts");
+    assert_eq!(contacts.len(), 1, "one contact, however often it wrote");
+
+    kill_hard(daemon).await;
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pairing_code_is_refused_with_a_clear_error() {
+    let sys = System::new().await;
+    let base = sys.relay.as_ref().expect("relay").base_url();
+    let home = sys.dir.path().join("other-home");
+    let out = Command::new(EXE)
+        .args(["pair", "--server", &base, "WRNG-CODE", "--home"])
+        .arg(&home)
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1), "refused is exit 1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("refused pairing"), "{stderr}");
+    assert!(!home.join("credentials.json").exists());
+
+    // And a daemon that was never paired says what to do instead of looping.
+    let out = Command::new(EXE)
+        .arg("run")
+        .arg("--home")
+        .arg(&home)
+        .arg("--chat-db")
+        .arg(&sys.chat_db)
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("whatsnap-mac pair"), "{stderr}");
+    sys.stop().await;
+}
