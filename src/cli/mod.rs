@@ -6,8 +6,19 @@
 //! error. `status` adds its own (see its help).
 
 pub mod coming;
+pub mod completions;
+pub mod doctor;
+pub mod install;
+pub mod logs;
+pub mod man;
+pub mod messages;
 pub mod pair;
+pub mod restart;
 pub mod run;
+pub mod send;
+pub mod status;
+pub mod uninstall;
+pub mod unpair;
 
 use std::path::PathBuf;
 
@@ -45,6 +56,28 @@ pub enum Command {
     Run(run::Args),
     /// Pair this Mac with a WhatSnap account, once.
     Pair(pair::Args),
+    /// Revoke this Mac at the service and forget its token.
+    Unpair(unpair::Args),
+    /// Show the bridge's state (also for the menu bar).
+    Status(status::Args),
+    /// Check everything the bridge needs and say how to fix what is missing.
+    Doctor(doctor::Args),
+    /// Install the LaunchAgent so the bridge starts at login.
+    Install(install::Args),
+    /// Remove the LaunchAgent.
+    Uninstall(uninstall::Args),
+    /// Restart the running bridge.
+    Restart(restart::Args),
+    /// Show the bridge's logs.
+    Logs(logs::Args),
+    /// Send a text (and files) through Messages, the path the bridge uses.
+    Send(send::Args),
+    /// Print what the bridge reads from chat.db, one protocol event per line.
+    Messages(messages::Args),
+    /// Print shell completions.
+    Completions(completions::Args),
+    /// Print the man page.
+    Man(man::Args),
     /// Run the whole system on this machine: service, simulated Messages,
     /// daemon, and a scripted conversation.
     Demo(DemoArgs),
@@ -77,6 +110,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run(args) => run::run(&args, paths),
         Command::Pair(args) => pair::run(&args, &paths),
+        Command::Unpair(args) => unpair::run(&args, &paths),
+        Command::Status(args) => status::run(&args, &paths),
+        Command::Doctor(args) => doctor::run(&args, &paths),
+        Command::Install(args) => install::run(&args, &paths),
+        Command::Uninstall(args) => uninstall::run(&args, &paths),
+        Command::Restart(args) => restart::run(&args, &paths),
+        Command::Logs(args) => logs::run(&args, &paths),
+        Command::Send(args) => send::run(&args, &paths),
+        Command::Messages(args) => messages::run(&args, &paths),
+        Command::Completions(args) => completions::run(&args, &paths),
+        Command::Man(args) => man::run(&args, &paths),
         Command::Demo(args) => {
             let exe = std::env::current_exe()
                 .map_err(|e| anyhow::anyhow!("cannot find this program's own path: {e}"))?;

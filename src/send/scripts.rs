@@ -25,8 +25,14 @@ pub const SEND_TO_HANDLE: Script = Script {
     source: include_str!("../../applescript/send_to_handle.applescript"),
 };
 
+/// A harmless Apple event to Messages, to test the Automation grant. No arguments.
+pub const PROBE_MESSAGES: Script = Script {
+    name: "probe_messages",
+    source: include_str!("../../applescript/probe_messages.applescript"),
+};
+
 /// Every script the daemon may run; the simulator refuses anything else.
-pub const ALL: &[Script] = &[SEND_TO_CHAT, SEND_TO_HANDLE];
+pub const ALL: &[Script] = &[SEND_TO_CHAT, SEND_TO_HANDLE, PROBE_MESSAGES];
 
 /// The script whose source is exactly `source`, if it is one of ours.
 pub fn identify(source: &str) -> Option<Script> {

@@ -11,12 +11,16 @@
 //! connection behind a std mutex is enough: every critical section is a short
 //! local transaction and none spans an `.await`.
 
+mod sends;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
 use whatsnap_proto::frame::{Body, CmdSend, SendResult};
+
+pub use sends::{SendPhase, SendRecord, send_event_key};
 
 /// A store failure; always a local disk or database problem.
 #[derive(Debug, thiserror::Error)]
@@ -45,50 +49,6 @@ pub struct OutboxEntry {
     pub seq: u64,
     /// The frame body.
     pub body: Body,
-}
-
-/// Where a send stands in its state machine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendPhase {
-    /// Accepted, not yet handed to Messages.
-    Queued,
-    /// Handed to Messages; confirmation pending. Never dispatched again.
-    Dispatching,
-    /// Finished with a `send.result`.
-    Done,
-}
-
-impl SendPhase {
-    fn as_str(self) -> &'static str {
-        match self {
-            SendPhase::Queued => "queued",
-            SendPhase::Dispatching => "dispatching",
-            SendPhase::Done => "done",
-        }
-    }
-
-    fn parse(s: &str) -> SendPhase {
-        match s {
-            "queued" => SendPhase::Queued,
-            "dispatching" => SendPhase::Dispatching,
-            _ => SendPhase::Done,
-        }
-    }
-}
-
-/// A send as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SendRecord {
-    /// The command.
-    pub cmd: CmdSend,
-    /// Its phase.
-    pub phase: SendPhase,
-    /// chat.db `MAX(ROWID)` just before dispatch.
-    pub max_rowid_before: Option<i64>,
-    /// The chat it was dispatched to, when known.
-    pub target_chat: Option<String>,
-    /// Unix ms of dispatch.
-    pub dispatched_ms: Option<i64>,
 }
 
 /// What happened to a `cmd.send` offered to [`Store::accept_command`].
@@ -125,22 +85,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     data       TEXT NOT NULL,
     created_ms INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS sends (
-    client_msg_id    TEXT PRIMARY KEY,
-    phase            TEXT NOT NULL,
-    cmd              TEXT NOT NULL,
-    result           TEXT,
-    max_rowid_before INTEGER,
-    target_chat      TEXT,
-    origin_guid      TEXT,
-    created_ms       INTEGER NOT NULL,
-    dispatched_ms    INTEGER,
-    updated_ms       INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sends_by_phase ON sends (phase, created_ms);
 ";
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
@@ -152,6 +99,7 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(sends::SCHEMA)?;
         let store = Store {
             conn: Arc::new(Mutex::new(conn)),
         };
@@ -166,7 +114,7 @@ impl Store {
         Ok(store)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves SQLite consistent (the
         // transaction rolls back on drop), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
@@ -226,7 +174,7 @@ impl Store {
         Ok(seqs)
     }
 
-    fn append_in(conn: &Connection, events: Vec<(String, Body)>) -> Result<Vec<u64>> {
+    pub(super) fn append_in(conn: &Connection, events: Vec<(String, Body)>) -> Result<Vec<u64>> {
         let mut last = Self::meta_u64(conn, "events_last_seq")?;
         let mut seqs = Vec::with_capacity(events.len());
         let now = now_ms();
@@ -366,149 +314,6 @@ impl Store {
         tx.commit()?;
         Ok(outcome)
     }
-
-    /// The oldest send in `phase`.
-    pub fn next_send(&self, phase: SendPhase) -> Result<Option<SendRecord>> {
-        let conn = self.lock();
-        let row = conn
-            .query_row(
-                "SELECT cmd, phase, max_rowid_before, target_chat, dispatched_ms FROM sends
-                 WHERE phase = ?1 ORDER BY created_ms, rowid LIMIT 1",
-                [phase.as_str()],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<i64>>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, Option<i64>>(4)?,
-                    ))
-                },
-            )
-            .optional()?;
-        row.map(
-            |(cmd, phase, max_rowid_before, target_chat, dispatched_ms)| {
-                Ok(SendRecord {
-                    cmd: serde_json::from_str(&cmd).map_err(|e| StoreError::Corrupt {
-                        kind: "send command",
-                        detail: e.to_string(),
-                    })?,
-                    phase: SendPhase::parse(&phase),
-                    max_rowid_before,
-                    target_chat,
-                    dispatched_ms,
-                })
-            },
-        )
-        .transpose()
-    }
-
-    /// Sends not yet finished.
-    pub fn pending_sends(&self) -> Result<u64> {
-        let conn = self.lock();
-        let n: i64 = conn.query_row(
-            "SELECT COUNT(*) FROM sends WHERE phase != 'done'",
-            [],
-            |r| r.get(0),
-        )?;
-        Ok(n as u64)
-    }
-
-    /// Marks a send as handed to Messages. Committed before osascript runs, so
-    /// a crash afterwards can only lead to correlation, never a second send.
-    pub fn mark_dispatching(
-        &self,
-        client_msg_id: &str,
-        max_rowid_before: i64,
-        target_chat: Option<&str>,
-    ) -> Result<()> {
-        let conn = self.lock();
-        let now = now_ms();
-        conn.execute(
-            "UPDATE sends SET phase = 'dispatching', max_rowid_before = ?2, target_chat = ?3,
-             dispatched_ms = ?4, updated_ms = ?4 WHERE client_msg_id = ?1",
-            params![client_msg_id, max_rowid_before, target_chat, now],
-        )?;
-        Ok(())
-    }
-
-    /// Finishes a send: stores its result and queues `send.result`, atomically.
-    pub fn finish_send(&self, result: &SendResult) -> Result<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
-            "UPDATE sends SET phase = 'done', result = ?2, updated_ms = ?3 WHERE client_msg_id = ?1",
-            params![
-                result.client_msg_id,
-                serde_json::to_string(result).unwrap_or_default(),
-                now_ms()
-            ],
-        )?;
-        Self::append_in(
-            &tx,
-            vec![(
-                send_event_key(&result.client_msg_id),
-                Body::SendResult(result.clone()),
-            )],
-        )?;
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// The send whose from-me row this is, if any: a recent send (dispatched
-    /// in the last ten minutes) to the same chat with the same text, not yet
-    /// tied to another row. A send made to a handle with no chat yet matches
-    /// the one-to-one chat with that handle (`direct_handle`). Ties the send to
-    /// `guid`, so one send is never the origin of two rows.
-    pub fn claim_origin(
-        &self,
-        chat_guid: &str,
-        direct_handle: Option<&str>,
-        text: &str,
-        guid: &str,
-    ) -> Result<Option<String>> {
-        let conn = self.lock();
-        let since = now_ms() - 10 * 60 * 1000;
-        let mut stmt = conn.prepare_cached(
-            "SELECT client_msg_id, cmd, target_chat FROM sends
-             WHERE dispatched_ms >= ?1 AND (origin_guid IS NULL OR origin_guid = ?2)
-             ORDER BY dispatched_ms",
-        )?;
-        let candidates = stmt
-            .query_map(params![since, guid], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                ))
-            })?
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        for (id, cmd, target) in candidates {
-            let Ok(cmd) = serde_json::from_str::<CmdSend>(&cmd) else {
-                continue;
-            };
-            let same_chat = match &target {
-                Some(t) => t == chat_guid,
-                None => {
-                    direct_handle.is_some()
-                        && cmd.to.as_ref().map(|t| t.handle.as_str()) == direct_handle
-                }
-            };
-            if same_chat && cmd.text == text {
-                conn.execute(
-                    "UPDATE sends SET origin_guid = ?2 WHERE client_msg_id = ?1",
-                    params![id, guid],
-                )?;
-                return Ok(Some(id));
-            }
-        }
-        Ok(None)
-    }
-}
-
-/// The idempotency key of a send's result event.
-pub fn send_event_key(client_msg_id: &str) -> String {
-    format!("send:{client_msg_id}")
 }
 
 fn frame_data(body: &Body) -> Value {
@@ -534,17 +339,17 @@ fn parse_body(ty: &str, data: &str) -> Result<Body> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use whatsnap_proto::frame::{SendState, SendTo, ServicePref};
 
-    fn store() -> (tempfile::TempDir, Store) {
+    pub(super) fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("state.db")).expect("open");
         (dir, store)
     }
 
-    fn cmd(id: &str, text: &str) -> CmdSend {
+    pub(super) fn cmd(id: &str, text: &str) -> CmdSend {
         CmdSend {
             client_msg_id: id.into(),
             to: Some(SendTo {
@@ -559,7 +364,7 @@ mod tests {
         }
     }
 
-    fn result(id: &str) -> SendResult {
+    pub(super) fn result(id: &str) -> SendResult {
         SendResult {
             client_msg_id: id.into(),
             state: SendState::Sent,
@@ -621,44 +426,5 @@ mod tests {
             Accepted::Duplicate
         );
         assert_eq!(store.pending_sends().expect("pending"), 1);
-    }
-
-    #[test]
-    fn a_replayed_finished_send_answers_its_stored_result_again() {
-        let (_dir, store) = store();
-        store.adopt_commands_epoch("E").expect("epoch");
-        store.accept_command(1, Some(&cmd("a", "x"))).expect("new");
-        store.finish_send(&result("a")).expect("finish");
-        store.ack_events(1).expect("ack");
-        store.adopt_commands_epoch("F").expect("epoch");
-        store
-            .accept_command(1, Some(&cmd("a", "x")))
-            .expect("replay");
-        let out = store.outbox_after(0, 10).expect("outbox");
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].body, Body::SendResult(result("a")));
-    }
-
-    #[test]
-    fn origin_is_claimed_by_one_row_only() {
-        let (_dir, store) = store();
-        store.adopt_commands_epoch("E").expect("epoch");
-        store
-            .accept_command(1, Some(&cmd("a", "hello")))
-            .expect("new");
-        store
-            .mark_dispatching("a", 5, Some("iMessage;-;+15551234567"))
-            .expect("dispatch");
-        let chat = "iMessage;-;+15551234567";
-        let claim =
-            |text: &str, guid: &str| store.claim_origin(chat, None, text, guid).expect("claim");
-        assert_eq!(claim("other", "G0"), None);
-        assert_eq!(claim("hello", "G1"), Some("a".into()));
-        assert_eq!(claim("hello", "G1"), Some("a".into()), "the same row again");
-        assert_eq!(
-            claim("hello", "G2"),
-            None,
-            "a second row with the same text"
-        );
     }
 }
