@@ -19,8 +19,8 @@ use crate::config::{self, Paths};
 use crate::link::pair::{self, Credentials};
 use crate::link::{Link, LinkState};
 use crate::reader::{Reader, ReaderHealth};
-use crate::send::Sender;
 use crate::send::runner::Runner;
+use crate::send::{SendSettings, Sender};
 use crate::store::Store;
 
 /// Tunables of a daemon instance.
@@ -32,6 +32,8 @@ pub struct DaemonOptions {
     pub poll: Duration,
     /// Time limit of one osascript run.
     pub osascript_timeout: Duration,
+    /// Ceiling of the reconnect delay (60 s; shorter only in test harnesses).
+    pub backoff_cap: Duration,
 }
 
 /// A running daemon's observable state.
@@ -82,6 +84,22 @@ pub fn start(
     let (ticks_tx, ticks_rx) = watch::channel(0u64);
     let (health_tx, health_rx) = watch::channel(ReaderHealth::default());
     let (link_tx, link_rx) = watch::channel(LinkState::Connecting);
+    // The account's settings (protocol §7.11) as last stored; the sender
+    // follows the keys it knows.
+    let stored_settings = store.settings()?;
+    let (settings_tx, mut settings_rx) = watch::channel(stored_settings);
+    let base_send = SendSettings {
+        osascript_timeout: options.osascript_timeout,
+        ..SendSettings::default()
+    };
+    let send_settings = move |values: &serde_json::Map<String, serde_json::Value>| {
+        let mut s = base_send.clone();
+        // Refused keys were reported in settings.applied; the rest apply.
+        let _ = s.apply(values);
+        s
+    };
+    let (send_settings_tx, send_settings_rx) =
+        watch::channel(send_settings(&settings_rx.borrow_and_update().values));
 
     let watcher = crate::watch::spawn(&paths.chat_db, options.poll, ticks_tx, shutdown.clone());
     let reader = Reader {
@@ -107,6 +125,8 @@ pub fn start(
         state: link_tx,
         reader_health: health_rx.clone(),
         started: Instant::now(),
+        backoff_cap: options.backoff_cap,
+        settings: settings_tx,
     };
     let token = shutdown.clone();
     tracker.spawn(async move {
@@ -114,8 +134,31 @@ pub fn start(
         let _watcher = watcher;
         reader.run(token).await;
     });
-    tracker.spawn(sender.run(shutdown.clone()));
+    tracker.spawn(sender.with_settings(send_settings_rx).run(shutdown.clone()));
+    let token = shutdown.clone();
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                r = settings_rx.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let values = settings_rx.borrow_and_update().values.clone();
+                    send_settings_tx.send_replace(send_settings(&values));
+                }
+            }
+        }
+    });
     tracker.spawn(link.run(shutdown.clone()));
+    tracker.spawn(crate::control::serve(
+        crate::control::socket_path(&paths.home),
+        DaemonHandle {
+            link: link_rx.clone(),
+            reader: health_rx.clone(),
+        },
+        shutdown.clone(),
+    ));
     tracker.close();
     Ok(DaemonHandle {
         link: link_rx,

@@ -16,12 +16,17 @@ pub mod apple_time;
 pub mod chatdb;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod doctor;
+pub mod launchd;
 pub mod link;
+pub mod logfile;
 pub mod reader;
 pub mod send;
 pub mod sim;
+pub mod status;
 pub mod store;
 pub mod watch;
 

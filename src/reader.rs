@@ -1,19 +1,32 @@
-//! The reader task: turns new chat.db rows into durable events.
+//! The reader task: turns chat.db rows and their later changes into durable
+//! events.
 //!
-//! On each wake-up it reads rows after the cursor in batches and, for each
-//! batch, appends the events and advances the cursor in one transaction of the
-//! daemon's store. A row that has no chat join yet is held back for a grace
-//! period, because Messages writes the message and its join separately; the
-//! cursor stops before it so it is read again.
+//! On each wake-up it (1) notices a rebuilt or replaced database (a new
+//! inode, or `MAX(ROWID)` below the cursor) and re-baselines by date instead
+//! of replaying or skipping; (2) reads rows after the cursor in batches and,
+//! for each batch, appends the events and advances the cursor in one
+//! transaction of the daemon's store; (3) re-reads the status columns of a
+//! window of recent rows and turns changes (delivered, read, played, edited,
+//! unsent, failed, attachment ready) into `event.message_update`; (4) tails
+//! `deleted_messages` for hard deletes. A row without a chat join is held
+//! back for a grace period, because Messages writes the message and its join
+//! separately; rows whose date lags far behind the newest live one are iCloud
+//! backfill and are flagged so.
+//!
+//! The tracking state ([`Tracker`]) lives in memory: after a restart the
+//! window is re-read and its updates offered again, which is harmless because
+//! update event keys are idempotent.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use whatsnap_proto::frame::{Body, ChatKind};
+use whatsnap_proto::frame::{Body, ChatKind, EventMessageUpdate, UpdateKind};
 
-use crate::chatdb::{ChatDbError, MessageRow, SharedChatDb};
+use crate::chatdb::{ChatDbError, MessageRow, RowKind, RowStatus, SharedChatDb, display_text};
 use crate::store::Store;
 
 /// Rows read per transaction.
@@ -49,8 +62,9 @@ pub struct Reader {
 impl Reader {
     /// Scans on every tick until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut tracker = Tracker::default();
         loop {
-            match self.scan().await {
+            match self.scan(&mut tracker).await {
                 Ok(n) => {
                     if n > 0 {
                         self.outbox.notify_one();
@@ -76,37 +90,386 @@ impl Reader {
         }
     }
 
-    /// Reads everything new; returns how many events were appended.
-    pub async fn scan(&self) -> Result<usize, ScanError> {
+    /// Reads everything new and every change; returns how many events were
+    /// appended.
+    pub async fn scan(&self, tracker: &mut Tracker) -> Result<usize, ScanError> {
+        let store = self.store.clone();
+        let cursor = crate::blocking(move || store.chatdb_cursor()).await?;
+        let probe = self
+            .chat_db
+            .call(|db| {
+                Ok(Probe {
+                    generation: db.generation(),
+                    version: db.data_version()?,
+                    identity: db.identity(),
+                    max_rowid: db.max_rowid()?,
+                    max_deleted: db.max_deleted_rowid()?,
+                })
+            })
+            .await?;
+        let Some(mut cursor) = cursor else {
+            // First start: announce what arrives from now on, not history.
+            let max = probe.max_rowid;
+            let store = self.store.clone();
+            crate::blocking(move || store.baseline_cursor(max)).await?;
+            tracing::info!("chat.db baseline at ROWID {max}");
+            tracker.reset(&probe);
+            tracker.seed_silently = true;
+            return Box::pin(self.scan(tracker)).await;
+        };
+        // Nothing committed since the last scan on this connection: done.
+        if tracker.seen == Some((probe.generation, probe.version))
+            && tracker.pending.is_empty()
+            && tracker.orphan.is_none()
+        {
+            return Ok(0);
+        }
+        let replaced = tracker.identity.is_some() && tracker.identity != probe.identity;
+        if replaced || probe.max_rowid < cursor {
+            cursor = self.rebaseline(tracker, cursor, &probe).await?;
+        }
+        if tracker.deleted_cursor.is_none() {
+            tracker.deleted_cursor = Some(probe.max_deleted);
+        }
+        tracker.identity = probe.identity;
+        if tracker.newest_live == 0 {
+            tracker.newest_live = self
+                .chat_db
+                .call(move |db| db.newest_date_upto(cursor))
+                .await?;
+        }
         let mut appended = 0;
         loop {
-            let store = self.store.clone();
-            let cursor = crate::blocking(move || store.chatdb_cursor()).await?;
-            let Some(cursor) = cursor else {
-                // First start: announce what arrives from now on, not history.
-                let max = self.chat_db.call(|db| db.max_rowid()).await?;
-                let store = self.store.clone();
-                crate::blocking(move || store.baseline_cursor(max)).await?;
-                tracing::info!("chat.db baseline at ROWID {max}");
-                continue;
-            };
             let rows = self
                 .chat_db
                 .call(move |db| db.read_after(cursor, BATCH))
                 .await?;
             let full = rows.len() == BATCH;
             let store = self.store.clone();
-            let (n, new_cursor, last_ms) =
-                crate::blocking(move || commit_batch(&store, cursor, &rows)).await?;
+            let now = Instant::now();
+            let mut t = std::mem::take(tracker);
+            let (result, t) = crate::blocking(move || {
+                let r = commit_batch(&store, cursor, &rows, &mut t, now);
+                (r, t)
+            })
+            .await;
+            *tracker = t;
+            let (n, new_cursor, last_ms) = result?;
             appended += n;
             if let Some(ms) = last_ms {
                 self.health.send_modify(|h| h.last_row_ms = Some(ms));
             }
             if !full || new_cursor == cursor {
-                return Ok(appended);
+                cursor = new_cursor;
+                break;
+            }
+            cursor = new_cursor;
+        }
+        appended += self.scan_updates(tracker, cursor).await?;
+        appended += self.scan_deletes(tracker, cursor).await?;
+        tracker.seed_silently = false;
+        tracker.seen = Some((probe.generation, probe.version));
+        Ok(appended)
+    }
+
+    /// The database was rebuilt or replaced: its ROWIDs no longer line up
+    /// with the cursor. Resume after the last row at or before the newest
+    /// date already announced, so nothing is replayed and nothing new is
+    /// skipped; forget the window and the deletes cursor.
+    async fn rebaseline(
+        &self,
+        tracker: &mut Tracker,
+        cursor: i64,
+        probe: &Probe,
+    ) -> Result<i64, ScanError> {
+        let newest = tracker.newest_live;
+        let new_cursor = if newest > 0 {
+            self.chat_db
+                .call(move |db| db.rowid_at_date(newest))
+                .await?
+        } else {
+            probe.max_rowid
+        };
+        tracing::warn!(
+            old_cursor = cursor,
+            new_cursor,
+            max_rowid = probe.max_rowid,
+            "chat.db was rebuilt or replaced; re-baselined by date"
+        );
+        let store = self.store.clone();
+        crate::blocking(move || store.baseline_cursor(new_cursor)).await?;
+        tracker.reset(probe);
+        tracker.newest_live = newest;
+        tracker.seed_silently = true;
+        Ok(new_cursor)
+    }
+
+    /// Diffs the status columns of the recent window against what was seen.
+    async fn scan_updates(&self, tracker: &mut Tracker, cursor: i64) -> Result<usize, ScanError> {
+        let lo = (cursor - WINDOW).max(0);
+        let statuses = self
+            .chat_db
+            .call(move |db| db.status_window(lo, cursor))
+            .await?;
+        let mut changed = Vec::new();
+        for s in &statuses {
+            let before = tracker.known.get(&s.rowid);
+            let differs = match before {
+                Some(k) => k.status_columns_differ(&s.status),
+                None => true,
+            };
+            if differs || tracker.pending.contains(&s.rowid) {
+                changed.push(s.rowid);
             }
         }
+        // Forget rows that left the window.
+        tracker.known.retain(|rowid, _| *rowid > lo);
+        tracker.pending.retain(|rowid| *rowid > lo);
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        let rows = self.chat_db.call(move |db| db.rows_by_id(&changed)).await?;
+        let mut events = Vec::new();
+        for row in &rows {
+            let previous = tracker.known.get(&row.rowid).cloned();
+            if !tracker.seed_silently {
+                events.extend(update_events(row, previous.as_ref()));
+            }
+            tracker.remember(row);
+        }
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let store = self.store.clone();
+        let n = crate::blocking(move || store.append_events(cursor, events)).await?;
+        Ok(n.len())
     }
+
+    /// Hard deletes, from the GUIDs Apple's trigger logs in `deleted_messages`.
+    async fn scan_deletes(&self, tracker: &mut Tracker, cursor: i64) -> Result<usize, ScanError> {
+        let Some(after) = tracker.deleted_cursor else {
+            return Ok(0);
+        };
+        let deleted = self
+            .chat_db
+            .call(move |db| db.deleted_after(after, BATCH))
+            .await?;
+        let Some(&(last, _)) = deleted.last() else {
+            return Ok(0);
+        };
+        tracker.deleted_cursor = Some(last);
+        let events: Vec<(String, Body)> = deleted
+            .into_iter()
+            // A removed tapback's old row is deleted too; the 300x row
+            // already said so as a reaction.
+            .filter(|(_, guid)| !tracker.reactions.contains(guid))
+            .map(|(_, guid)| {
+                let update = EventMessageUpdate {
+                    event_key: format!("deleted:{guid}"),
+                    guid,
+                    kind: UpdateKind::Deleted,
+                    at_ms: None,
+                    text: None,
+                    error_code: None,
+                    service: None,
+                };
+                (update.event_key.clone(), Body::EventMessageUpdate(update))
+            })
+            .collect();
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let store = self.store.clone();
+        let n = crate::blocking(move || store.append_events(cursor, events)).await?;
+        Ok(n.len())
+    }
+}
+
+/// How many recent rows (by ROWID) are re-read for status changes.
+pub const WINDOW: i64 = 500;
+
+/// A row whose date is this far behind the newest live row is iCloud
+/// backfill, not a new message (real floods were 82 min to 14 h old, §17.2).
+pub const BACKFILL_LAG_NS: i64 = 30 * 60 * 1_000_000_000;
+
+/// What one cheap query says about the database before a scan.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    generation: u64,
+    version: i64,
+    identity: Option<u64>,
+    max_rowid: i64,
+    max_deleted: i64,
+}
+
+/// The reader's memory between scans.
+#[derive(Debug, Default)]
+pub struct Tracker {
+    /// Status of recent rows by ROWID, as last announced.
+    known: HashMap<i64, RowStatus>,
+    /// Rows with attachments still downloading: re-read every scan.
+    pending: HashSet<i64>,
+    /// GUIDs of tapback rows seen in the window.
+    reactions: HashSet<String>,
+    /// `deleted_messages` ROWID already handled.
+    deleted_cursor: Option<i64>,
+    /// Inode of the database last scanned.
+    identity: Option<u64>,
+    /// Newest `date` of a live (non-backfill) row.
+    newest_live: i64,
+    /// (connection, data_version) of the last complete scan.
+    seen: Option<(u64, i64)>,
+    /// A row without a chat join: since when it has been waited for.
+    orphan: Option<(i64, Instant)>,
+    /// Record the window without announcing (after a baseline).
+    seed_silently: bool,
+}
+
+impl Tracker {
+    fn reset(&mut self, probe: &Probe) {
+        *self = Tracker {
+            identity: probe.identity,
+            deleted_cursor: Some(probe.max_deleted),
+            ..Tracker::default()
+        };
+    }
+
+    fn remember(&mut self, row: &MessageRow) {
+        self.known.insert(row.rowid, row.status.clone());
+        if row.status.pending_attachments > 0 {
+            self.pending.insert(row.rowid);
+        } else {
+            self.pending.remove(&row.rowid);
+        }
+        if row.kind() == RowKind::Reaction {
+            self.reactions.insert(row.guid.clone());
+        }
+    }
+}
+
+impl RowStatus {
+    fn status_columns_differ(&self, other: &RowStatus) -> bool {
+        (
+            self.is_delivered,
+            self.date_delivered,
+            self.is_read,
+            self.date_read,
+            self.is_played,
+            self.date_played,
+            self.date_edited,
+            self.date_retracted,
+            self.part_count,
+            self.error,
+        ) != (
+            other.is_delivered,
+            other.date_delivered,
+            other.is_read,
+            other.date_read,
+            other.is_played,
+            other.date_played,
+            other.date_edited,
+            other.date_retracted,
+            other.part_count,
+            other.error,
+        )
+    }
+}
+
+/// The `event.message_update`s that take a row from `before` (`None`: not
+/// seen since start, so every state it is in is offered) to its state now.
+pub fn update_events(row: &MessageRow, before: Option<&RowStatus>) -> Vec<(String, Body)> {
+    let unset = RowStatus::default();
+    let b = before.unwrap_or(&unset);
+    let n = &row.status;
+    let mut out = Vec::new();
+    let mut push = |kind: UpdateKind,
+                    name: &str,
+                    revision: Option<String>,
+                    at: i64,
+                    text: Option<String>,
+                    error: Option<i64>| {
+        let event_key = match revision {
+            Some(r) => format!("{name}:{}:{r}", row.guid),
+            None => format!("{name}:{}", row.guid),
+        };
+        let update = EventMessageUpdate {
+            event_key: event_key.clone(),
+            guid: row.guid.clone(),
+            kind,
+            at_ms: crate::apple_time::apple_to_unix_ms(at),
+            text,
+            error_code: error,
+            service: None,
+        };
+        out.push((event_key, Body::EventMessageUpdate(update)));
+    };
+    // Delivery receipts only mean something for what the Mac's user sent.
+    if row.from_me && n.is_delivered && !b.is_delivered {
+        push(
+            UpdateKind::Delivered,
+            "delivered",
+            None,
+            n.date_delivered,
+            None,
+            None,
+        );
+    }
+    if n.date_read > 0 && b.date_read == 0 || n.is_read && !b.is_read && row.from_me {
+        push(UpdateKind::Read, "read", None, n.date_read, None, None);
+    }
+    if n.is_played && !b.is_played {
+        push(
+            UpdateKind::Played,
+            "played",
+            None,
+            n.date_played,
+            None,
+            None,
+        );
+    }
+    let unsent = n.part_count == Some(0) || n.retracted_parts > 0 || n.date_retracted > 0;
+    let was_unsent = b.part_count == Some(0) || b.retracted_parts > 0 || b.date_retracted > 0;
+    if unsent && (!was_unsent || before.is_none()) {
+        let at = if n.date_retracted > 0 {
+            n.date_retracted
+        } else {
+            n.date_edited
+        };
+        push(UpdateKind::Unsent, "unsent", None, at, None, None);
+    } else if !unsent && n.date_edited > 0 && n.date_edited != b.date_edited {
+        // The edit number names the revision; without history, its date.
+        let revision = if n.edit_events > 1 {
+            (n.edit_events - 1).to_string()
+        } else {
+            n.date_edited.to_string()
+        };
+        let (text, _) = display_text(row.text.as_deref().unwrap_or_default());
+        push(
+            UpdateKind::Edited,
+            "edited",
+            Some(revision),
+            n.date_edited,
+            Some(text),
+            None,
+        );
+    }
+    if n.error != 0 && b.error == 0 && row.from_me {
+        push(UpdateKind::Failed, "failed", None, 0, None, Some(n.error));
+    }
+    // Files that finished downloading since the row was last read.
+    if before.is_some_and(|b| b.pending_attachments > n.pending_attachments) {
+        for att in row.attachments.iter().filter(|a| a.on_disk) {
+            push(
+                UpdateKind::AttachmentReady,
+                "attachment_ready",
+                Some(att.guid.clone()),
+                0,
+                None,
+                None,
+            );
+        }
+    }
+    out
 }
 
 /// Builds the events of `rows` and commits them with the new cursor. Returns
@@ -115,15 +478,24 @@ fn commit_batch(
     store: &Store,
     cursor: i64,
     rows: &[MessageRow],
+    tracker: &mut Tracker,
+    now: Instant,
 ) -> Result<(usize, i64, Option<i64>), crate::store::StoreError> {
-    let now_ms = jiff::Timestamp::now().as_millisecond();
     let mut new_cursor = cursor;
     let mut events = Vec::new();
     let mut last_ms = None;
     for row in rows {
         let Some(chat_guid) = row.chat_guid.as_deref() else {
-            let age_ms = now_ms - crate::apple_time::apple_to_unix_ms(row.date).unwrap_or(0);
-            if age_ms < JOIN_GRACE.as_millis() as i64 {
+            // Wait for the join from when the row was first seen, not from
+            // its date: a backfilled row is old the moment it appears.
+            let since = match tracker.orphan {
+                Some((rowid, since)) if rowid == row.rowid => since,
+                _ => {
+                    tracker.orphan = Some((row.rowid, now));
+                    now
+                }
+            };
+            if now.duration_since(since) < JOIN_GRACE {
                 break; // read again on the next wake-up
             }
             tracing::debug!(guid = %row.guid, "skipping a row that never joined a chat");
@@ -133,26 +505,45 @@ fn commit_batch(
         if let Some(err) = &row.body_error {
             tracing::warn!(guid = %row.guid, "message body unreadable, sent without text: {err}");
         }
-        let event = {
-            let origin = if row.from_me {
-                let direct = row.to_event(None);
-                let handle = (direct.chat_kind == ChatKind::Direct)
-                    .then(|| direct.participants.first().map(|p| p.handle.clone()))
-                    .flatten();
-                store.claim_origin(
-                    chat_guid,
-                    handle.as_deref(),
-                    row.text.as_deref().unwrap_or_default(),
-                    &row.guid,
-                )?
-            } else {
-                None
-            };
-            row.to_event(origin)
+        let backfill = tracker.newest_live > 0
+            && row.date > 0
+            && row.date < tracker.newest_live - BACKFILL_LAG_NS;
+        if !backfill && row.date > tracker.newest_live {
+            tracker.newest_live = row.date;
+        }
+        let origin = if row.from_me && row.kind() == RowKind::Message && !backfill {
+            let direct = row.to_event(None);
+            let handle = (direct.chat_kind == ChatKind::Direct)
+                .then(|| direct.participants.first().map(|p| p.handle.clone()))
+                .flatten();
+            store.claim_origin(
+                chat_guid,
+                handle.as_deref(),
+                row.text.as_deref().unwrap_or_default(),
+                &row.guid,
+            )?
+        } else {
+            None
         };
-        last_ms = Some(event.date_ms);
-        events.push((event.event_key.clone(), Body::EventMessage(event)));
+        tracker.remember(row);
         new_cursor = row.rowid;
+        let Some(mut body) = row.to_body(origin) else {
+            tracing::debug!(guid = %row.guid, kind = ?row.kind(), "row has no v1 event");
+            continue;
+        };
+        if let Body::EventMessage(event) = &mut body {
+            event.backfill = backfill;
+            last_ms = Some(event.date_ms);
+        }
+        let key = match &body {
+            Body::EventMessage(e) => e.event_key.clone(),
+            Body::EventReaction(e) => e.event_key.clone(),
+            _ => continue,
+        };
+        events.push((key, body));
+    }
+    if tracker.orphan.is_some_and(|(rowid, _)| rowid <= new_cursor) {
+        tracker.orphan = None;
     }
     let n = if new_cursor == cursor {
         0

@@ -1,11 +1,14 @@
-//! Wake-ups for the chat.db reader: file events on the Messages folder plus a
-//! safety poll.
+//! Wake-ups for the chat.db reader: file events on the Messages folder and on
+//! `chat.db` / `chat.db-wal` themselves, plus a safety poll.
 //!
-//! Events are only hints. FSEvents batches and merges them, inotify loses
-//! watches when Messages replaces `chat.db-wal`, and either can drop events,
-//! so every hint merely makes the reader re-query `ROWID > cursor`, and a timer
-//! does the same every few seconds whatever the watcher says. Watching the
-//! folder rather than the files keeps working across WAL re-creation.
+//! Events are only hints. FSEvents batches and merges them, a watch bound to a
+//! file dies with its inode when Messages replaces `chat.db-wal`
+//! (bluebubbles-server#843, openclaw/imsg#126), and any watcher can drop
+//! events, so every hint merely makes the reader re-query, and a timer does
+//! the same every few seconds whatever the watcher says. The folder watch
+//! survives WAL re-creation; the file watches are re-armed whenever the
+//! folder reports one of the files created, removed or renamed. Ticks go
+//! through a `watch` channel, which coalesces a burst into one wake-up.
 
 use std::path::Path;
 use std::time::Duration;
@@ -62,6 +65,73 @@ pub fn spawn(
             None
         }
     };
+    // File watches on chat.db and its WAL, owned by a task that re-arms them.
+    let (rearm_tx, mut rearm_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let file_ticks = ticks.clone();
+    let files: Vec<std::path::PathBuf> = ["", "-wal"]
+        .iter()
+        .map(|suffix| {
+            let mut p = chat_db.as_os_str().to_owned();
+            p.push(suffix);
+            std::path::PathBuf::from(p)
+        })
+        .collect();
+    let rearm_names: Vec<std::ffi::OsString> = files
+        .iter()
+        .filter_map(|f| f.file_name().map(std::ffi::OsStr::to_owned))
+        .collect();
+    let rearm_dir_tx = rearm_tx.clone();
+    let dir_watcher_rearm =
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if let Ok(event) = event
+                && matches!(
+                    event.kind,
+                    notify::EventKind::Create(_)
+                        | notify::EventKind::Remove(_)
+                        | notify::EventKind::Modify(notify::event::ModifyKind::Name(_))
+                )
+                && event.paths.iter().any(|p| {
+                    p.file_name()
+                        .is_some_and(|n| rearm_names.iter().any(|r| r == n))
+                })
+            {
+                let _ = rearm_dir_tx.send(());
+            }
+        })
+        .and_then(|mut w| w.watch(&dir, RecursiveMode::NonRecursive).map(|()| w));
+    let file_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        // Kept alive by this task; dropped (and stopped) at shutdown.
+        let _dir_watcher_rearm = dir_watcher_rearm.ok();
+        let arm = || -> Option<notify::RecommendedWatcher> {
+            let t = file_ticks.clone();
+            let mut w = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok() {
+                    t.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            })
+            .ok()?;
+            for f in &files {
+                // A file that does not exist yet is armed when it appears.
+                let _ = w.watch(f, RecursiveMode::NonRecursive);
+            }
+            Some(w)
+        };
+        let mut file_watcher = arm();
+        loop {
+            tokio::select! {
+                () = file_shutdown.cancelled() => return,
+                got = rearm_rx.recv() => {
+                    if got.is_none() { return }
+                    // Bound to the old inodes: drop and watch the new files.
+                    drop(file_watcher.take());
+                    file_watcher = arm();
+                    file_ticks.send_modify(|t| *t = t.wrapping_add(1));
+                }
+            }
+        }
+    });
+    drop(rearm_tx);
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(poll);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

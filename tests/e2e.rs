@@ -348,3 +348,94 @@ async fn a_wrong_pairing_code_is_refused_with_a_clear_error() {
     assert!(stderr.contains("whatsnap-mac pair"), "{stderr}");
     sys.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpair_revokes_the_mac_at_the_service_and_forgets_its_token() {
+    let mut sys = System::new().await;
+    let daemon = sys.start_daemon().await;
+    let base = sys.relay.as_ref().expect("relay").base_url();
+    let token = pair::load(&sys.home.join("credentials.json"))
+        .expect("paired")
+        .device_token;
+    let out = Command::new(EXE)
+        .arg("unpair")
+        .arg("--home")
+        .arg(&sys.home)
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!sys.home.join("credentials.json").exists());
+    // The running daemon's socket was closed 4401 and the account says why.
+    let account = sys.account_id.clone();
+    sys.wait_for("the account to go Disconnected", |e| {
+        matches!(e, RelayEvent::AccountStatus { account_id, status: AccountState::Disconnected, .. } if *account_id == account)
+    })
+    .await;
+    let accounts = sys.admin.list_accounts().await.expect("accounts");
+    assert_eq!(
+        accounts[0].reason,
+        Some(whatsnap_proto::api::DisconnectReason::Revoked)
+    );
+    // The old token no longer opens anything.
+    let resp = reqwest::Client::new()
+        .delete(format!("{base}/v1/device"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status().as_u16(), 401);
+    kill_hard(daemon).await;
+    sys.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_settings_are_applied_by_the_mac_and_answered_once() {
+    let mut sys = System::new().await;
+    let daemon = sys.start_daemon().await;
+    let mut values = serde_json::Map::new();
+    values.insert("max_sends_per_hour".into(), 7.into());
+    values.insert("sms_mode".into(), "carrier-pigeon".into());
+    let view = sys
+        .admin
+        .update_settings(&sys.account_id, &values)
+        .await
+        .expect("settings");
+    let version = view.settings.version;
+    let applied = sys
+        .wait_for("settings.applied", |e| {
+            matches!(e, RelayEvent::SettingsApplied { .. })
+        })
+        .await;
+    let RelayEvent::SettingsApplied {
+        version: got,
+        errors,
+        ..
+    } = applied
+    else {
+        unreachable!()
+    };
+    assert_eq!(got, version);
+    // The bad value is refused by name; the good one is in force.
+    assert_eq!(errors.keys().collect::<Vec<_>>(), vec!["sms_mode"], "{errors:?}");
+
+    // A restart does not apply (or answer) the same version again.
+    kill_hard(daemon).await;
+    let daemon = sys.start_daemon().await;
+    sys.sim.receive(CUSTOMER, "after restart").expect("incoming");
+    sys.wait_for(
+        "the next message",
+        |e| matches!(e, RelayEvent::MessageReceived { text, .. } if text == "after restart"),
+    )
+    .await;
+    assert!(
+        !sys
+            .unclaimed
+            .iter()
+            .any(|e| matches!(e, RelayEvent::SettingsApplied { .. })),
+        "settings answered twice: {:?}",
+        sys.unclaimed
+    );
+    kill_hard(daemon).await;
+    sys.stop().await;
+}

@@ -67,6 +67,12 @@ macro_rules! bodies {
                 match self { $( Body::$variant(d) => serde_json::to_value(d), )* }
             }
 
+            /// The durable stream of the type named `ty`; `None` if ephemeral
+            /// or unknown. For frames whose `data` did not decode.
+            pub fn stream_of(ty: &str) -> Option<Stream> {
+                match ty { $( $name => $stream, )* _ => None }
+            }
+
             /// `Ok(None)` for a type this version does not know.
             fn from_parts(ty: &str, data: Value) -> Result<Option<Body>, serde_json::Error> {
                 match ty {

@@ -125,6 +125,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX messages_contact ON messages(contact_id, created_ms);
     ",
+    // 2: the event stream may start anywhere after a new epoch (protocol 4.2
+    // rule 1): 1 = no committed value yet, the first event sets it.
+    r"
+    ALTER TABLE devices ADD COLUMN events_unanchored INTEGER NOT NULL DEFAULT 0;
+    ",
 ];
 
 /// A handle on the database; cheap to clone.
@@ -205,6 +210,12 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Migrates an in-memory connection, for unit tests of [`crate::store`].
+#[cfg(test)]
+pub(crate) fn migrate_for_tests(conn: &mut Connection) {
+    migrate(conn, Path::new(":memory:")).expect("migrations apply");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +234,6 @@ mod tests {
             })
             .await
             .expect("query");
-        assert_eq!(version, 1);
+        assert_eq!(version, i64::try_from(MIGRATIONS.len()).expect("few"));
     }
 }

@@ -12,7 +12,10 @@ use axum::Router;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Path, Query, Request, State};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +35,44 @@ use crate::{AppState, RelayEvent, now_ms, secret, session};
 /// 1 MiB and this are read and refused by the session with close 1009, so
 /// the daemon learns why instead of seeing a dropped connection.
 const WS_HARD_CAP_BYTES: usize = 4 * whatsnap_proto::DEFAULT_MAX_FRAME_BYTES;
+
+/// Wrong pairing codes one client address may try per window.
+pub(crate) const PAIR_FAILURES_PER_WINDOW: u32 = 10;
+/// The window of [`PAIR_FAILURES_PER_WINDOW`].
+pub(crate) const PAIR_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Counts wrong pairing codes per client address, so a brute-force loop is
+/// answered `429` long before it could find a code (protocol §13).
+#[derive(Default)]
+pub(crate) struct PairLimiter {
+    failures: std::sync::Mutex<HashMap<IpAddr, (std::time::Instant, u32)>>,
+}
+
+impl PairLimiter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (std::time::Instant, u32)>> {
+        // Plain counters: a panic elsewhere cannot leave them inconsistent.
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `Some(wait)` while `ip` has used up its wrong tries.
+    fn blocked(&self, ip: IpAddr) -> Option<std::time::Duration> {
+        let now = std::time::Instant::now();
+        let mut map = self.lock();
+        map.retain(|_, (start, _)| now.duration_since(*start) < PAIR_WINDOW);
+        let (start, count) = map.get(&ip)?;
+        (*count >= PAIR_FAILURES_PER_WINDOW)
+            .then(|| PAIR_WINDOW.saturating_sub(now.duration_since(*start)))
+    }
+
+    fn failed(&self, ip: IpAddr) {
+        let now = std::time::Instant::now();
+        let mut map = self.lock();
+        let entry = map.entry(ip).or_insert((now, 0));
+        entry.1 += 1;
+    }
+}
 
 /// An error answer: status plus [`ApiError`] body.
 #[derive(Debug)]
@@ -106,6 +147,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/pair", post(pair))
         .route("/v1/device/ws", get(device_ws))
+        .route("/v1/device", delete(unpair))
         .merge(admin)
         .fallback(|| async {
             ApiFailure::new(
@@ -234,15 +276,43 @@ async fn update_settings(
 
 async fn pair(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Result<Json<PairRequest>, JsonRejection>,
-) -> ApiResult<Json<PairResponse>> {
-    let req = body(req)?;
+) -> Result<Json<PairResponse>, Response> {
+    let ip = peer.ip();
+    if let Some(wait) = state.inner.pair_failures.blocked(ip) {
+        let secs = wait.as_secs().max(1);
+        let failure = ApiFailure::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many wrong pairing codes from this address; wait {secs} s, then try the code the admin gave you"
+            ),
+        );
+        return Err(([(header::RETRY_AFTER, secs.to_string())], failure).into_response());
+    }
+    let req = body(req).map_err(IntoResponse::into_response)?;
     let now = now_ms();
-    let paired = state
+    let paired = match state
         .inner
         .db
         .call(move |c| store::pair(c, &req.code, &req.device, now))
-        .await?;
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            if matches!(
+                e,
+                ServiceError::Refused {
+                    code: "invalid_code",
+                    ..
+                }
+            ) {
+                state.inner.pair_failures.failed(ip);
+            }
+            return Err(ApiFailure::from(e).into_response());
+        }
+    };
     for old in &paired.replaced {
         state.inner.hub.close(
             old,
@@ -336,18 +406,42 @@ async fn list_messages(
     Ok(Json(messages))
 }
 
-async fn device_ws(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let Some(token) = bearer(&headers) else {
-        return ApiFailure::new(
+/// `DELETE /v1/device`: the device revokes itself (`whatsnap-mac unpair`);
+/// its open socket, if any, is closed with 4401.
+async fn unpair(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let device = match device_auth(&state, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let device_id = device.id.clone();
+    let now = now_ms();
+    if let Err(e) = state
+        .inner
+        .db
+        .call(move |c| store::unpair_device(c, &device_id, now))
+        .await
+    {
+        return ApiFailure::from(e).into_response();
+    }
+    state.inner.hub.close(
+        &device.id,
+        close::UNAUTHORIZED,
+        "this Mac was unpaired; pair again with `whatsnap-mac pair`",
+    );
+    tracing::info!(device = device.id, "device unpaired itself");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// The current device whose token the request carries, or the answer that
+/// refuses it (401 in every case: missing, malformed, unknown, revoked).
+async fn device_auth(state: &AppState, headers: &HeaderMap) -> Result<store::DeviceAuth, Response> {
+    let Some(token) = bearer(headers) else {
+        return Err(ApiFailure::new(
             StatusCode::UNAUTHORIZED,
             "missing_token",
             "connect with `Authorization: Bearer <device token>`; get a token with `whatsnap-mac pair`",
         )
-        .into_response();
+        .into_response());
     };
     let hash = secret::sha256_hex(token);
     let device = match state
@@ -357,34 +451,39 @@ async fn device_ws(
         .await
     {
         Ok(d) => d,
-        Err(e) => return ApiFailure::from(e).into_response(),
+        Err(e) => return Err(ApiFailure::from(e).into_response()),
     };
-    let device = match device {
-        None => {
-            return ApiFailure::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_token",
-                "this device token is not known to the service; run `whatsnap-mac pair` with a new code",
-            )
-            .into_response();
-        }
-        Some(d) if d.revoked => {
-            return ApiFailure::new(
-                StatusCode::UNAUTHORIZED,
-                "revoked",
-                "this device was removed by an admin; run `whatsnap-mac pair` with a new code",
-            )
-            .into_response();
-        }
-        Some(d) if d.replaced => {
-            return ApiFailure::new(
-                StatusCode::UNAUTHORIZED,
-                "replaced",
-                "this account was paired with another device since; run `whatsnap-mac pair` with a new code to take it back",
-            )
-            .into_response();
-        }
-        Some(d) => d,
+    match device {
+        None => Err(ApiFailure::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "this device token is not known to the service; run `whatsnap-mac pair` with a new code",
+        )
+        .into_response()),
+        Some(d) if d.revoked => Err(ApiFailure::new(
+            StatusCode::UNAUTHORIZED,
+            "revoked",
+            "this device was unpaired or removed by an admin; run `whatsnap-mac pair` with a new code",
+        )
+        .into_response()),
+        Some(d) if d.replaced => Err(ApiFailure::new(
+            StatusCode::UNAUTHORIZED,
+            "replaced",
+            "this account was paired with another device since; run `whatsnap-mac pair` with a new code to take it back",
+        )
+        .into_response()),
+        Some(d) => Ok(d),
+    }
+}
+
+async fn device_ws(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let device = match device_auth(&state, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
     };
     let ws = match ws {
         Ok(ws) => ws,

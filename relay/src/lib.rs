@@ -113,6 +113,15 @@ pub enum RelayEvent {
         /// Its idempotency key.
         client_msg_id: String,
     },
+    /// The device applied a settings version (`settings.applied`).
+    SettingsApplied {
+        /// The account.
+        account_id: String,
+        /// The version now in force on the Mac.
+        version: u64,
+        /// Keys it refused, with why.
+        errors: serde_json::Map<String, serde_json::Value>,
+    },
     /// The device reported the outcome of a send.
     SendResult {
         /// The account.
@@ -161,6 +170,8 @@ pub(crate) struct Inner {
     /// Device sessions, so shutdown can wait for their 1012 close.
     pub(crate) sessions: TaskTracker,
     pub(crate) timing: Timing,
+    /// Wrong pairing attempts per client address (protocol §13 rate limit).
+    pub(crate) pair_failures: http::PairLimiter,
 }
 
 impl AppState {
@@ -247,10 +258,12 @@ pub async fn start_with_timing(
             shutdown: shutdown.clone(),
             sessions: sessions.clone(),
             timing,
+            pair_failures: http::PairLimiter::default(),
         }),
     };
     let app = http::router(state);
     let server = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;

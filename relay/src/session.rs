@@ -53,6 +53,8 @@ struct Session {
     needs_update: bool,
     events_epoch: String,
     committed: u64,
+    /// No committed value in this epoch yet: the next event is the start.
+    unanchored: bool,
     unacked_frames: usize,
     ack_deadline: Option<Instant>,
     commands_epoch: String,
@@ -82,6 +84,7 @@ pub(crate) async fn run(state: AppState, device: DeviceAuth, socket: WebSocket) 
         needs_update: false,
         events_epoch: String::new(),
         committed: 0,
+        unanchored: false,
         unacked_frames: 0,
         ack_deadline: None,
         commands_epoch: String::new(),
@@ -356,8 +359,18 @@ impl Session {
             .await;
             return false;
         }
-        if let DecodeError::UnknownType { seq: Some(seq), .. } = e {
-            return self.on_durable(*seq, None).await;
+        // A durable frame whose data does not fit is acked too: resending it
+        // would fail the same way and stall the stream (§7).
+        match e {
+            DecodeError::UnknownType { seq: Some(seq), .. } => {
+                return self.on_durable(*seq, None).await;
+            }
+            DecodeError::BadData {
+                ty, seq: Some(seq), ..
+            } if Body::stream_of(ty) == Some(Stream::Events) => {
+                return self.on_durable(*seq, None).await;
+            }
+            _ => {}
         }
         true
     }
@@ -418,6 +431,7 @@ impl Session {
         };
         self.events_epoch.clone_from(&start.events_epoch);
         self.committed = start.events_committed;
+        self.unanchored = start.events_unanchored;
         self.commands_epoch.clone_from(&start.commands_epoch);
         self.cmd_acked = start.commands_acked_upto;
         self.cmd_sent = start.commands_acked_upto;
@@ -479,6 +493,10 @@ impl Session {
     /// The ordering rule of §7.7: apply only committed + 1, ack duplicates,
     /// ask for a resend after a gap.
     async fn on_durable(&mut self, seq: u64, body: Option<&Body>) -> bool {
+        if self.unanchored {
+            // Rule 1 of 4.2: the first frame of an unfamiliar epoch is the start.
+            self.committed = seq.saturating_sub(1);
+        }
         if seq <= self.committed {
             return self.note_ack().await;
         }
@@ -504,6 +522,7 @@ impl Session {
         match result {
             Ok(events) => {
                 self.committed = seq;
+                self.unanchored = false;
                 for event in events {
                     self.state.emit(event);
                 }

@@ -29,6 +29,9 @@ use crate::secret::{self, RandomError};
 /// How long a pairing code works.
 pub const PAIRING_CODE_TTL_MS: i64 = 10 * 60 * 1000;
 
+/// Wrong pairing attempts after which the live codes stop working.
+pub const MAX_CODE_TRIES: i64 = 5;
+
 /// How long a queued send may wait for its device (`queue_ttl`).
 pub const SEND_TTL_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -513,22 +516,31 @@ fn invalid_code() -> ServiceError {
 /// commands (and sends queued before any device existed) move to the new one.
 pub fn pair(conn: &mut Connection, code: &str, device: &DeviceInfo, now: i64) -> Result<Paired> {
     let code = secret::normalise_code(code);
-    if code.len() != secret::CODE_LEN {
-        return Err(invalid_code());
-    }
     let tx = conn.transaction()?;
     let hash = secret::sha256_hex(&code);
-    let row: Option<(String, i64, Option<i64>)> = tx
+    let row: Option<(String, i64, Option<i64>, i64)> = tx
         .query_row(
-            "SELECT account_id, expires_ms, used_ms FROM pairing_codes WHERE code_hash = ?1",
+            "SELECT account_id, expires_ms, used_ms, failed_tries FROM pairing_codes
+             WHERE code_hash = ?1",
             [&hash],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
-    let Some((account_id, expires_ms, used_ms)) = row else {
+    let Some((account_id, expires_ms, used_ms, failed_tries)) = row else {
+        // A wrong code cannot be told apart from a near miss of a live one
+        // (codes are stored hashed), so it counts against every live code:
+        // after MAX_CODE_TRIES wrong tries they stop working and the admin
+        // issues a new one. With the per-address limit this makes guessing
+        // 40 bits hopeless.
+        tx.execute(
+            "UPDATE pairing_codes SET failed_tries = failed_tries + 1
+             WHERE used_ms IS NULL AND expires_ms > ?1",
+            [now],
+        )?;
+        tx.commit()?;
         return Err(invalid_code());
     };
-    if used_ms.is_some() || expires_ms <= now {
+    if used_ms.is_some() || expires_ms <= now || failed_tries >= MAX_CODE_TRIES {
         return Err(invalid_code());
     }
     tx.execute(
@@ -658,6 +670,16 @@ fn move_pending_sends(
     Ok(moved)
 }
 
+/// Revokes a device at its own request (`whatsnap-mac unpair`). Its account
+/// stays, Disconnected with the reason `revoked`, until it is paired again.
+pub fn unpair_device(conn: &mut Connection, device_id: &str, now: i64) -> Result<()> {
+    conn.execute(
+        "UPDATE devices SET revoked_ms = ?2 WHERE id = ?1 AND revoked_ms IS NULL",
+        params![device_id, now],
+    )?;
+    Ok(())
+}
+
 /// A device found by its token.
 #[derive(Debug, Clone)]
 pub struct DeviceAuth {
@@ -699,6 +721,8 @@ pub struct SessionStart {
     pub events_epoch: String,
     /// Highest event seq committed in that epoch.
     pub events_committed: u64,
+    /// No committed value in that epoch yet: the first event sets the start.
+    pub events_unanchored: bool,
     /// Our command epoch for this device.
     pub commands_epoch: String,
     /// Highest command seq assigned.
@@ -717,16 +741,29 @@ pub fn begin_session(
     now: i64,
 ) -> Result<SessionStart> {
     let tx = conn.transaction()?;
-    type StreamsRow = (String, String, i64, String, Option<i64>, Option<i64>);
+    type StreamsRow = (String, String, i64, String, Option<i64>, Option<i64>, i64);
     let row: Option<StreamsRow> = tx
         .query_row(
-            "SELECT account_id, events_epoch, events_committed, commands_epoch, revoked_ms, replaced_ms
+            "SELECT account_id, events_epoch, events_committed, commands_epoch, revoked_ms, replaced_ms,
+                    events_unanchored
              FROM devices WHERE id = ?1",
             [device_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            },
         )
         .optional()?;
-    let Some((account_id, mut epoch, committed, commands_epoch, revoked, replaced)) = row else {
+    let Some((account_id, mut epoch, committed, commands_epoch, revoked, replaced, unanchored)) =
+        row
+    else {
         return Err(ServiceError::refused(
             401,
             "unknown_device",
@@ -748,17 +785,35 @@ pub fn begin_session(
         ));
     };
     let mut committed = u64::try_from(committed).unwrap_or(0);
-    if hello.events.epoch != epoch {
+    // A new epoch, or a daemon whose storage went back in time (restored from
+    // a backup): forget `committed`, and let the first event set the start
+    // (protocol 5.1 and 4.2 rule 1). Natural keys absorb any replays.
+    let mut unanchored = unanchored != 0;
+    if hello.events.epoch != epoch || committed > hello.events.last_seq {
         epoch.clone_from(&hello.events.epoch);
         committed = 0;
+        unanchored = true;
     }
-    // A daemon that lost its command store (other epoch) has processed nothing of ours.
-    if hello.commands.epoch == commands_epoch && hello.commands.acked_upto > 0 {
-        tx.execute(
-            "UPDATE commands SET acked = 1 WHERE device_id = ?1 AND seq <= ?2 AND acked = 0",
-            params![device_id, to_i64(hello.commands.acked_upto)],
-        )?;
+    let mut commands_epoch = commands_epoch;
+    if hello.commands.epoch == commands_epoch {
+        if hello.commands.acked_upto < contiguous_acked(&tx, device_id)? {
+            // The daemon forgot commands it acked (deleted here): they cannot
+            // be replayed, so a new command epoch makes it take the next one
+            // as its start (protocol 5.1).
+            commands_epoch = secret::new_epoch()?;
+            tx.execute(
+                "UPDATE devices SET commands_epoch = ?2 WHERE id = ?1",
+                params![device_id, commands_epoch],
+            )?;
+        } else if hello.commands.acked_upto > 0 {
+            tx.execute(
+                "UPDATE commands SET acked = 1 WHERE device_id = ?1 AND seq <= ?2 AND acked = 0",
+                params![device_id, to_i64(hello.commands.acked_upto)],
+            )?;
+        }
     }
+    // A daemon that lost its command store (other epoch) has processed nothing
+    // of ours: every unacked command is resent.
     let status_json = hello
         .health
         .as_ref()
@@ -766,7 +821,7 @@ pub fn begin_session(
     tx.execute(
         "UPDATE devices SET events_epoch = ?2, events_committed = ?3, last_seen_ms = ?4,
                 needs_update = 0, daemon_version = ?5, macos_version = ?6,
-                last_status_json = COALESCE(?7, last_status_json)
+                last_status_json = COALESCE(?7, last_status_json), events_unanchored = ?8
          WHERE id = ?1",
         params![
             device_id,
@@ -775,7 +830,8 @@ pub fn begin_session(
             now,
             hello.daemon_version,
             hello.macos_version,
-            status_json
+            status_json,
+            i64::from(unanchored)
         ],
     )?;
     let last_seq = last_command_seq(&tx, device_id)?;
@@ -786,6 +842,7 @@ pub fn begin_session(
         account,
         events_epoch: epoch,
         events_committed: committed,
+        events_unanchored: unanchored,
         commands_epoch,
         commands_last_seq: last_seq,
         commands_acked_upto: acked_upto,
@@ -874,23 +931,46 @@ pub fn enqueue_command(
     Ok(seq)
 }
 
-/// Unacked commands with `after < seq <= upto`, in order, as frame JSON.
+/// Most `cmd.send` frames in flight at once (protocol 4.5): Messages sends
+/// one at a time anyway, and a short queue on the Mac keeps expiry honest.
+pub const MAX_SENDS_IN_FLIGHT: usize = 3;
+
+/// Unacked commands with `after < seq <= upto`, in order, as frame JSON,
+/// stopping before a `cmd.send` that would put more than
+/// [`MAX_SENDS_IN_FLIGHT`] sends in flight (unacked, seq `<= after` counts).
 pub fn commands_to_send(
     conn: &Connection,
     device_id: &str,
     after: u64,
     upto: u64,
 ) -> Result<Vec<(u64, String)>> {
+    let in_flight: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM commands
+         WHERE device_id = ?1 AND acked = 0 AND seq <= ?2 AND client_msg_id IS NOT NULL",
+        params![device_id, to_i64(after)],
+        |r| r.get(0),
+    )?;
+    let mut sends = usize::try_from(in_flight).unwrap_or(usize::MAX);
     let mut stmt = conn.prepare(
-        "SELECT seq, frame_json FROM commands
+        "SELECT seq, frame_json, client_msg_id IS NOT NULL FROM commands
          WHERE device_id = ?1 AND acked = 0 AND seq > ?2 AND seq <= ?3 ORDER BY seq",
     )?;
     let rows = stmt
         .query_map(params![device_id, to_i64(after), to_i64(upto)], |r| {
-            Ok((to_u64(r.get(0)?), r.get(1)?))
+            Ok((to_u64(r.get(0)?), r.get(1)?, r.get::<_, bool>(2)?))
         })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok(rows)
+        .collect::<rusqlite::Result<Vec<(u64, String, bool)>>>()?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (seq, json, is_send) in rows {
+        if is_send {
+            if sends >= MAX_SENDS_IN_FLIGHT {
+                break;
+            }
+            sends += 1;
+        }
+        out.push((seq, json));
+    }
+    Ok(out)
 }
 
 /// Marks every command ≤ `upto` acked.
@@ -919,21 +999,23 @@ pub fn apply_event(
     now: i64,
 ) -> Result<Vec<RelayEvent>> {
     let tx = conn.transaction()?;
-    let stored: Option<(String, String, i64)> = tx
+    let stored: Option<(String, String, i64, i64)> = tx
         .query_row(
-            "SELECT account_id, events_epoch, events_committed FROM devices WHERE id = ?1",
+            "SELECT account_id, events_epoch, events_committed, events_unanchored
+             FROM devices WHERE id = ?1",
             [device_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .optional()?;
-    let Some((account_id, stored_epoch, committed)) = stored else {
+    let Some((account_id, stored_epoch, committed, unanchored)) = stored else {
         return Err(ServiceError::refused(
             401,
             "unknown_device",
             "device not found",
         ));
     };
-    if stored_epoch != epoch || to_u64(committed) + 1 != seq {
+    let in_order = unanchored != 0 || to_u64(committed) + 1 == seq;
+    if stored_epoch != epoch || !in_order {
         return Err(ServiceError::refused(
             409,
             "stale_session",
@@ -946,6 +1028,22 @@ pub fn apply_event(
             apply_message(&tx, device_id, &account_id, m, now, &mut events)?;
         }
         Some(Body::SendResult(r)) => apply_send_result(&tx, &account_id, r, &mut events)?,
+        Some(Body::SettingsApplied(a)) => {
+            if !a.errors.is_empty() {
+                let refused = serde_json::Value::Object(a.errors.clone()).to_string();
+                tracing::warn!(
+                    device_id,
+                    version = a.version,
+                    refused,
+                    "the Mac refused some settings"
+                );
+            }
+            events.push(RelayEvent::SettingsApplied {
+                account_id: account_id.clone(),
+                version: a.version,
+                errors: a.errors.clone(),
+            });
+        }
         Some(other) => {
             tracing::info!(
                 device_id,
@@ -957,7 +1055,8 @@ pub fn apply_event(
         None => {}
     }
     tx.execute(
-        "UPDATE devices SET events_committed = ?2, last_seen_ms = ?3 WHERE id = ?1",
+        "UPDATE devices SET events_committed = ?2, last_seen_ms = ?3, events_unanchored = 0
+         WHERE id = ?1",
         params![device_id, to_i64(seq), now],
     )?;
     tx.commit()?;
@@ -1079,8 +1178,8 @@ fn apply_message(
     }
     let inserted = tx.execute(
         "INSERT INTO messages (id, account_id, contact_id, direction, text, device_id, event_key,
-                               guid, chat_guid, created_ms)
-         VALUES (?1, ?2, ?3, 'inbound', ?4, ?5, ?6, ?7, ?8, ?9)
+                               guid, chat_guid, created_ms, guids_json)
+         VALUES (?1, ?2, ?3, 'inbound', ?4, ?5, ?6, ?7, ?8, ?9, json_array(?7))
          ON CONFLICT DO NOTHING",
         params![
             new_id(),
@@ -1487,6 +1586,37 @@ pub fn queue_message(conn: &mut Connection, req: &SendMessageRequest, now: i64) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn device() -> DeviceInfo {
+        DeviceInfo {
+            name: "Mac".into(),
+            model: "Mac14,2".into(),
+            macos_version: "15.5".into(),
+            daemon_version: "0.1.0".into(),
+            hw_id_hash: None,
+        }
+    }
+
+    #[test]
+    fn five_wrong_tries_lock_the_live_code_even_for_the_right_guess() {
+        let mut conn = Connection::open_in_memory().expect("db");
+        crate::db::migrate_for_tests(&mut conn);
+        let (_, code) = create_account(&mut conn, "Mike", 1000).expect("account");
+        for _ in 0..MAX_CODE_TRIES {
+            assert!(pair(&mut conn, "ZZZZ-ZZZZ", &device(), 2000).is_err());
+        }
+        let err = pair(&mut conn, &code.code, &device(), 3000).expect_err("locked");
+        assert!(matches!(
+            err,
+            ServiceError::Refused {
+                code: "invalid_code",
+                ..
+            }
+        ));
+        // A new code from the admin works.
+        let fresh = new_pairing_code(&mut conn, "Mike", 4000).expect("new code");
+        pair(&mut conn, &fresh.code, &device(), 5000).expect("pairs");
+    }
 
     #[test]
     fn tags_keep_only_safe_characters() {

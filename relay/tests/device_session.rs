@@ -202,20 +202,18 @@ async fn a_gap_asks_for_a_resend_and_changes_nothing() {
     let (_, paired) = relay.paired_account("Mike").await;
     let mut daemon = FakeDaemon::connect(&relay, &paired.device_token).await;
     daemon.handshake(&paired.device_id).await;
+    daemon
+        .send(&Frame::new(inbound("G1", "+15551234567", "first"), 1).with_seq(1))
+        .await;
+    assert_eq!(daemon.events_ack().await.upto, 1);
 
     daemon
         .send(&Frame::new(inbound("G3", "+15551234567", "skipped ahead"), 1).with_seq(3))
         .await;
     let ack = daemon.events_ack().await;
-    assert_eq!((ack.upto, ack.resend_from), (0, Some(1)));
-    assert!(
-        relay
-            .client
-            .list_contacts()
-            .await
-            .expect("contacts")
-            .is_empty()
-    );
+    assert_eq!((ack.upto, ack.resend_from), (1, Some(2)));
+    let messages = relay.client.list_messages(None).await.expect("messages");
+    assert_eq!(messages.len(), 1, "the frame after the gap changed nothing");
 }
 
 #[tokio::test]

@@ -325,32 +325,50 @@ async fn sends_for_an_unpaired_account_wait_for_its_first_device() {
 }
 
 #[tokio::test]
-async fn at_most_ten_commands_are_in_flight() {
+async fn at_most_three_sends_and_ten_commands_are_in_flight() {
     let mut relay = start_relay().await;
     let Mike {
         mut daemon,
         commands_epoch,
         ..
     } = mike_with_bob(&mut relay).await;
-    for i in 1..=12 {
+    for i in 1..=4 {
         relay
             .client
             .send_message(BOB, &format!("message {i}"), None)
             .await
             .expect("queued");
     }
-    for seq in 1..=10 {
+    for seq in 1..=3 {
         assert_eq!(daemon.frame().await.seq, Some(seq));
     }
-    // The window is full: the 11th waits (the next frame is this event's ack).
+    // Three sends in flight: the 4th waits (the next frame is this event's ack).
     daemon.send_event(inbound("IN-3", BOB, "busy")).await;
     daemon.events_ack().await;
-    // Acking opens the window again.
-    daemon.send(&commands_ack(&commands_epoch, 10)).await;
-    for seq in 11..=12 {
-        let frame = daemon.frame().await;
-        assert_eq!(frame.seq, Some(seq));
-        assert_eq!(expect_cmd_send(&frame).text, format!("message {seq}"));
+    daemon.send(&commands_ack(&commands_epoch, 1)).await;
+    let frame = daemon.frame().await;
+    assert_eq!(frame.seq, Some(4));
+    assert_eq!(expect_cmd_send(&frame).text, "message 4");
+    daemon.send(&commands_ack(&commands_epoch, 4)).await;
+
+    // Other commands fill the window of ten.
+    for i in 1..=12 {
+        let mut values = serde_json::Map::new();
+        values.insert("log_level".into(), serde_json::json!(format!("v{i}")));
+        relay
+            .client
+            .update_settings("Mike", &values)
+            .await
+            .expect("settings");
+    }
+    for seq in 5..=14 {
+        assert_eq!(daemon.frame().await.seq, Some(seq));
+    }
+    daemon.send_event(inbound("IN-4", BOB, "busy")).await;
+    daemon.events_ack().await;
+    daemon.send(&commands_ack(&commands_epoch, 14)).await;
+    for seq in 15..=16 {
+        assert_eq!(daemon.frame().await.seq, Some(seq));
     }
 }
 

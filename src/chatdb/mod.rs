@@ -10,14 +10,18 @@
 //! This module turns rows into protocol events ([`MessageRow::to_event`]); it
 //! knows nothing of the outbox or the link.
 
+pub mod summary;
 pub mod typedstream;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
-use whatsnap_proto::frame::{ChatKind, EventMessage, Handle, HandleKind, Origin};
+use whatsnap_proto::frame::{
+    Attachment, AttachmentState, Body, ChatKind, EventMessage, EventReaction, Handle, HandleKind,
+    Origin,
+};
 
 use crate::apple_time;
 
@@ -92,6 +96,84 @@ pub struct MessageRow {
     pub error: i64,
     /// Members of the chat (not the Mac's user).
     pub participants: Vec<String>,
+    /// `subject`.
+    pub subject: Option<String>,
+    /// `thread_originator_guid`: the message an inline reply answers.
+    pub thread_originator_guid: Option<String>,
+    /// `associated_message_guid` (`p:N/GUID`, `bp:GUID` or bare).
+    pub associated_guid: Option<String>,
+    /// `associated_message_type` (0, 1000, 2000-2007, 3000-3007, 4000).
+    pub associated_type: i64,
+    /// `associated_message_emoji` of an emoji tapback.
+    pub associated_emoji: Option<String>,
+    /// `item_type` (0 message, 1-3 group events, ...).
+    pub item_type: i64,
+    /// `group_action_type`.
+    pub group_action_type: i64,
+    /// `group_title` of a rename.
+    pub group_title: Option<String>,
+    /// `handle.id` of `other_handle` (member added or removed).
+    pub other_handle: Option<String>,
+    /// `balloon_bundle_id` of an app message.
+    pub balloon_bundle_id: Option<String>,
+    /// `is_audio_message`.
+    pub is_audio: bool,
+    /// Status columns the update tracker diffs.
+    pub status: RowStatus,
+    /// Files, in body order.
+    pub attachments: Vec<AttachmentRow>,
+}
+
+/// The columns of a row that change after it was written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RowStatus {
+    /// `is_delivered` / `date_delivered` (0 = unset).
+    pub is_delivered: bool,
+    /// `date_delivered`.
+    pub date_delivered: i64,
+    /// `date_read` (0 = unread), with `is_read`.
+    pub is_read: bool,
+    /// `date_read`.
+    pub date_read: i64,
+    /// `is_played` / `date_played`.
+    pub is_played: bool,
+    /// `date_played`.
+    pub date_played: i64,
+    /// `date_edited` (edits and unsends set it).
+    pub date_edited: i64,
+    /// `date_retracted`.
+    pub date_retracted: i64,
+    /// `part_count`; 0 after a full unsend. `None` before Ventura.
+    pub part_count: Option<i64>,
+    /// `error`.
+    pub error: i64,
+    /// `is_sent`.
+    pub is_sent: bool,
+    /// Edit events in `message_summary_info`.
+    pub edit_events: usize,
+    /// Unsent parts in `message_summary_info`.
+    pub retracted_parts: usize,
+    /// Attachments not downloaded yet.
+    pub pending_attachments: usize,
+}
+
+/// One `attachment` row of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachmentRow {
+    /// `attachment.guid`.
+    pub guid: String,
+    /// `filename` with `~/` expanded; `None` when Messages has no path yet.
+    pub path: Option<PathBuf>,
+    /// `transfer_name`, else the path's last component.
+    pub name: String,
+    /// `mime_type`, else derived from `uti`.
+    pub mime: Option<String>,
+    /// `total_bytes` (bytes transferred, not necessarily the file size).
+    pub size: Option<u64>,
+    /// `transfer_state`.
+    pub transfer_state: i64,
+    /// Whether the file is on disk.
+    pub on_disk: bool,
 }
 
 /// An open, read-only chat.db connection.
@@ -99,6 +181,29 @@ pub struct ChatDb {
     conn: Connection,
     path: PathBuf,
     message_cols: HashSet<String>,
+    attachment_cols: HashSet<String>,
+    /// The SELECT list, built once per connection from the probed columns.
+    select_list: String,
+    /// Inode of the file at open, to notice a replaced database.
+    identity: Option<u64>,
+    home: Option<std::ffi::OsString>,
+    generation: u64,
+}
+
+/// Counts connections opened, so a caller can tell a reopened one.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The status columns of one row ([`ChatDb::status_window`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRow {
+    /// `ROWID`.
+    pub rowid: i64,
+    /// `guid`.
+    pub guid: String,
+    /// `is_from_me`.
+    pub from_me: bool,
+    /// The columns (summary-derived fields left at 0).
+    pub status: RowStatus,
 }
 
 impl std::fmt::Debug for ChatDb {
@@ -127,14 +232,27 @@ impl ChatDb {
         let conn = Connection::open_with_flags(&uri, flags).map_err(|e| classify(path, e))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(|e| classify(path, e))?;
+        // Map the file instead of copying each page through read(): bulk
+        // reads (catch-up, `messages`) go several times faster, and only
+        // pages actually touched count towards memory. Read-only, so it is
+        // safe with Messages writing; WAL frames are still read normally.
+        conn.pragma_update(None, "mmap_size", 1i64 << 30)
+            .map_err(|e| classify(path, e))?;
         let mut db = ChatDb {
             conn,
             path: path.to_path_buf(),
             message_cols: HashSet::new(),
+            attachment_cols: HashSet::new(),
+            select_list: String::new(),
+            identity: file_identity(path),
+            home: std::env::var_os("HOME"),
+            generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         // macOS may only refuse at the first query, so probing is also the
         // permission check.
         db.message_cols = db.columns("message")?;
+        db.attachment_cols = db.columns("attachment")?;
+        db.select_list = db.build_select_list();
         for table in ["message", "chat", "handle", "chat_message_join"] {
             if db.columns(table)?.is_empty() {
                 return Err(ChatDbError::NotMessagesDb {
@@ -177,6 +295,22 @@ impl ChatDb {
             .map_err(|e| self.err(e))
     }
 
+    /// Whether the file at the path is no longer the one this connection
+    /// opened (Messages rebuilt or replaced it).
+    pub fn is_replaced(&self) -> bool {
+        file_identity(&self.path) != self.identity
+    }
+
+    /// Inode of the database file when opened.
+    pub fn identity(&self) -> Option<u64> {
+        self.identity
+    }
+
+    /// Sets the home folder used to expand `~/` in attachment paths.
+    pub fn set_home(&mut self, home: Option<std::ffi::OsString>) {
+        self.home = home;
+    }
+
     fn col_or(&self, col: &str, fallback: &str) -> String {
         if self.message_cols.contains(col) {
             format!("m.{col}")
@@ -185,19 +319,74 @@ impl ChatDb {
         }
     }
 
+    /// The columns read from each row, in a fixed order ([`Col`]); columns
+    /// this release lacks are replaced by their "unset" value.
+    fn build_select_list(&self) -> String {
+        let body = |c: &str| {
+            // A few databases store blobs with TEXT affinity; CAST keeps the bytes.
+            if self.message_cols.contains(c) {
+                format!("CAST(m.{c} AS BLOB)")
+            } else {
+                "NULL".to_owned()
+            }
+        };
+        [
+            "m.ROWID".to_owned(),
+            "m.guid".to_owned(),
+            "m.text".to_owned(),
+            body("attributedBody"),
+            "m.is_from_me".to_owned(),
+            "m.service".to_owned(),
+            "IFNULL(m.date, 0)".to_owned(),
+            "h.id".to_owned(),
+            "c.guid".to_owned(),
+            "c.style".to_owned(),
+            "c.display_name".to_owned(),
+            "c.ROWID".to_owned(),
+            self.col_or("is_sent", "0"),
+            self.col_or("error", "0"),
+            self.col_or("subject", "NULL"),
+            self.col_or("thread_originator_guid", "NULL"),
+            self.col_or("associated_message_guid", "NULL"),
+            self.col_or("associated_message_type", "0"),
+            self.col_or("associated_message_emoji", "NULL"),
+            self.col_or("item_type", "0"),
+            self.col_or("group_action_type", "0"),
+            self.col_or("group_title", "NULL"),
+            if self.message_cols.contains("other_handle") {
+                // Most rows have none; skip the lookup for them.
+                "CASE WHEN m.other_handle > 0 THEN (SELECT id FROM handle WHERE ROWID = m.other_handle) END"
+                    .to_owned()
+            } else {
+                "NULL".to_owned()
+            },
+            self.col_or("balloon_bundle_id", "NULL"),
+            self.col_or("is_audio_message", "0"),
+            self.col_or("is_delivered", "0"),
+            self.col_or("date_delivered", "0"),
+            self.col_or("is_read", "0"),
+            self.col_or("date_read", "0"),
+            self.col_or("is_played", "0"),
+            self.col_or("date_played", "0"),
+            self.col_or("date_edited", "0"),
+            self.col_or("date_retracted", "0"),
+            self.col_or("part_count", "NULL"),
+            body("message_summary_info"),
+            self.col_or("cache_has_attachments", "1"),
+        ]
+        .join(", ")
+    }
+
     fn select_sql(&self, filter: &str) -> String {
         format!(
-            "SELECT m.ROWID, m.guid, m.text, {body}, m.is_from_me, m.service, IFNULL(m.date, 0),
-                    h.id, c.guid, c.style, c.display_name, c.ROWID, {is_sent}, {error}
+            "SELECT {list}
              FROM message m
              LEFT JOIN handle h ON h.ROWID = m.handle_id
              LEFT JOIN chat_message_join cmj ON cmj.message_id = m.ROWID
              LEFT JOIN chat c ON c.ROWID = cmj.chat_id
              WHERE {filter}
              ORDER BY m.ROWID",
-            body = self.col_or("attributedBody", "NULL"),
-            is_sent = self.col_or("is_sent", "0"),
-            error = self.col_or("error", "0"),
+            list = self.select_list,
         )
     }
 
@@ -207,99 +396,400 @@ impl ChatDb {
         params: impl rusqlite::Params,
     ) -> Result<Vec<MessageRow>, ChatDbError> {
         let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
-        let raw = stmt
-            .query_map(params, |r| {
-                let body: Option<Vec<u8>> = match r.get_ref(3)? {
-                    rusqlite::types::ValueRef::Blob(b) => Some(b.to_vec()),
-                    rusqlite::types::ValueRef::Text(t) => Some(t.to_vec()),
-                    _ => None,
-                };
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, Option<String>>(2)?,
-                    body,
-                    r.get::<_, Option<i64>>(4)?.unwrap_or(0) != 0,
-                    r.get::<_, Option<String>>(5)?,
-                    r.get::<_, i64>(6)?,
-                    r.get::<_, Option<String>>(7)?,
-                    r.get::<_, Option<String>>(8)?,
-                    r.get::<_, Option<i64>>(9)?,
-                    r.get::<_, Option<String>>(10)?,
-                    r.get::<_, Option<i64>>(11)?,
-                    r.get::<_, Option<i64>>(12)?.unwrap_or(0) != 0,
-                    r.get::<_, Option<i64>>(13)?.unwrap_or(0),
-                ))
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        drop(stmt);
-        let mut rows = Vec::with_capacity(raw.len());
-        for (
-            rowid,
-            guid,
-            text,
-            body,
-            from_me,
-            service,
-            date,
-            sender,
-            chat_guid,
-            chat_style,
-            group_name,
-            chat_rowid,
-            is_sent,
-            error,
-        ) in raw
-        {
-            let (text, body_error) =
-                match typedstream::message_text(body.as_deref(), text.as_deref()) {
-                    Ok(t) => (t, None),
-                    Err(e) => (None, Some(e.to_string())),
-                };
-            let participants = match chat_rowid {
-                Some(id) => self.participants(id)?,
-                None => Vec::new(),
-            };
-            rows.push(MessageRow {
-                rowid,
-                guid,
-                text,
-                body_error,
-                from_me,
-                service,
-                date,
-                sender,
-                chat_guid,
-                chat_style,
-                group_name: group_name.filter(|n| !n.is_empty()),
-                is_sent,
-                error,
-                participants,
-            });
+        let mut participants: HashMap<i64, Vec<String>> = HashMap::new();
+        let mut rows = Vec::new();
+        let mut seen = HashSet::new();
+        let mut cursor = stmt.query(params).map_err(|e| self.err(e))?;
+        while let Some(r) = cursor.next().map_err(|e| self.err(e))? {
+            let row = self
+                .read_row(r, &mut participants)
+                .map_err(|e| self.err(e))?;
+            // A message joined to several chats comes once per chat; the
+            // first (lowest chat ROWID is not guaranteed) wins.
+            if seen.insert(row.rowid) {
+                rows.push(row);
+            }
         }
         Ok(rows)
     }
 
-    fn participants(&self, chat_rowid: i64) -> Result<Vec<String>, ChatDbError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT h.id FROM chat_handle_join chj JOIN handle h ON h.ROWID = chj.handle_id
-                 WHERE chj.chat_id = ?1 ORDER BY chj.rowid",
-            )
-            .map_err(|e| self.err(e))?;
-        stmt.query_map([chat_rowid], |r| r.get::<_, String>(0))
-            .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))
+    fn read_row(
+        &self,
+        r: &rusqlite::Row<'_>,
+        participants: &mut HashMap<i64, Vec<String>>,
+    ) -> rusqlite::Result<MessageRow> {
+        let flag = |i: usize| -> rusqlite::Result<bool> {
+            Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0) != 0)
+        };
+        let int =
+            |i: usize| -> rusqlite::Result<i64> { Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0)) };
+        let text_col: Option<String> = r.get(2)?;
+        let body = match r.get_ref(3)? {
+            rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => Some(b),
+            _ => None,
+        };
+        let (text, body_error, attachment_order) = match body.filter(|b| !b.is_empty()) {
+            None => (text_col, None, Vec::new()),
+            Some(blob) => match typedstream::decode_body(blob) {
+                Ok(decoded) => (Some(decoded.text), None, decoded.attachment_guids),
+                Err(e) => match text_col {
+                    Some(t) => (Some(t), None, Vec::new()),
+                    None => (None, Some(e.to_string()), Vec::new()),
+                },
+            },
+        };
+        let rowid: i64 = r.get(0)?;
+        let chat_rowid: Option<i64> = r.get(11)?;
+        let summary = match r.get_ref(34)? {
+            rusqlite::types::ValueRef::Blob(b) if !b.is_empty() => match summary::parse(b) {
+                Ok(info) => info,
+                Err(e) => {
+                    tracing::debug!(rowid, "{e}");
+                    summary::SummaryInfo::default()
+                }
+            },
+            _ => summary::SummaryInfo::default(),
+        };
+        let has_attachments = flag(35)?;
+        let attachments = if has_attachments {
+            self.attachments(rowid, &attachment_order)?
+        } else {
+            Vec::new()
+        };
+        let participants = match chat_rowid {
+            Some(id) => match participants.get(&id) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = self.participants_raw(id)?;
+                    participants.insert(id, p.clone());
+                    p
+                }
+            },
+            None => Vec::new(),
+        };
+        let status = RowStatus {
+            is_delivered: flag(25)?,
+            date_delivered: int(26)?,
+            is_read: flag(27)?,
+            date_read: int(28)?,
+            is_played: flag(29)?,
+            date_played: int(30)?,
+            date_edited: int(31)?,
+            date_retracted: int(32)?,
+            part_count: r.get(33)?,
+            error: int(13)?,
+            is_sent: flag(12)?,
+            edit_events: summary.edit_events,
+            retracted_parts: summary.retracted_parts.len(),
+            pending_attachments: attachments.iter().filter(|a| !a.on_disk).count(),
+        };
+        Ok(MessageRow {
+            rowid,
+            guid: r.get(1)?,
+            text,
+            body_error,
+            from_me: flag(4)?,
+            service: r.get(5)?,
+            date: r.get(6)?,
+            sender: r.get(7)?,
+            chat_guid: r.get(8)?,
+            chat_style: r.get(9)?,
+            group_name: r.get::<_, Option<String>>(10)?.filter(|n| !n.is_empty()),
+            is_sent: status.is_sent,
+            error: status.error,
+            participants,
+            subject: r.get::<_, Option<String>>(14)?.filter(|s| !s.is_empty()),
+            thread_originator_guid: r.get::<_, Option<String>>(15)?.filter(|s| !s.is_empty()),
+            associated_guid: r.get::<_, Option<String>>(16)?.filter(|s| !s.is_empty()),
+            associated_type: int(17)?,
+            associated_emoji: r.get(18)?,
+            item_type: int(19)?,
+            group_action_type: int(20)?,
+            group_title: r.get(21)?,
+            other_handle: r.get(22)?,
+            balloon_bundle_id: r.get(23)?,
+            is_audio: flag(24)?,
+            status,
+            attachments,
+        })
+    }
+
+    /// The attachments of a message, in body order (the order of the
+    /// transfer GUIDs in the body), then any the body does not name.
+    fn attachments(&self, rowid: i64, order: &[String]) -> rusqlite::Result<Vec<AttachmentRow>> {
+        let col = |c: &str, d: &str| {
+            if self.attachment_cols.contains(c) {
+                format!("a.{c}")
+            } else {
+                d.to_owned()
+            }
+        };
+        let sql = format!(
+            "SELECT a.guid, {filename}, {name}, {mime}, {uti}, {size}, {state}
+             FROM message_attachment_join j JOIN attachment a ON a.ROWID = j.attachment_id
+             WHERE j.message_id = ?1 ORDER BY a.ROWID",
+            filename = col("filename", "NULL"),
+            name = col("transfer_name", "NULL"),
+            mime = col("mime_type", "NULL"),
+            uti = col("uti", "NULL"),
+            size = col("total_bytes", "NULL"),
+            state = col("transfer_state", "0"),
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut out: Vec<AttachmentRow> = stmt
+            .query_map([rowid], |r| {
+                let filename: Option<String> = r.get(1)?;
+                let path = filename
+                    .as_deref()
+                    .map(|f| expand_home(f, self.home.as_deref()));
+                let name = r
+                    .get::<_, Option<String>>(2)?
+                    .filter(|n| !n.is_empty())
+                    .or_else(|| {
+                        path.as_ref()
+                            .and_then(|p| p.file_name())
+                            .map(|n| n.to_string_lossy().into_owned())
+                    })
+                    .unwrap_or_default();
+                let uti: Option<String> = r.get(4)?;
+                let mime = r
+                    .get::<_, Option<String>>(3)?
+                    .filter(|m| !m.is_empty())
+                    .or_else(|| uti.as_deref().and_then(mime_for_uti).map(str::to_owned));
+                let size = r
+                    .get::<_, Option<i64>>(5)?
+                    .and_then(|s| u64::try_from(s).ok());
+                let on_disk = path.as_ref().is_some_and(|p| p.is_file());
+                Ok(AttachmentRow {
+                    guid: r.get(0)?,
+                    path,
+                    name,
+                    mime,
+                    size,
+                    transfer_state: r.get::<_, Option<i64>>(6)?.unwrap_or(0),
+                    on_disk,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        // Body order: GUIDs as the body lists them (attachment GUIDs may
+        // carry prefixes, so compare the last 36 characters too).
+        let key = |g: &str| g.get(g.len().saturating_sub(36)..).unwrap_or(g).to_owned();
+        out.sort_by_key(|a| {
+            order
+                .iter()
+                .position(|g| *g == a.guid || key(g) == key(&a.guid))
+                .unwrap_or(usize::MAX)
+        });
+        Ok(out)
+    }
+
+    fn participants_raw(&self, chat_rowid: i64) -> rusqlite::Result<Vec<String>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT h.id FROM chat_handle_join chj JOIN handle h ON h.ROWID = chj.handle_id
+             WHERE chj.chat_id = ?1 ORDER BY chj.rowid",
+        )?;
+        stmt.query_map([chat_rowid], |r| r.get::<_, String>(0))?
+            .collect()
     }
 
     /// Rows with ROWID > `cursor`, oldest first, at most `limit`.
     pub fn read_after(&self, cursor: i64, limit: usize) -> Result<Vec<MessageRow>, ChatDbError> {
         let sql = self.select_sql("m.ROWID > ?1") + " LIMIT ?2";
         self.query_rows(&sql, params![cursor, limit as i64])
+    }
+
+    /// The floor for [`Self::read_after`]: the same SELECT over rows after
+    /// `cursor`, every column fetched and touched, nothing decoded. Returns
+    /// (rows, bytes of text and blobs). For benchmarks.
+    pub fn bare_scan(&self, cursor: i64) -> Result<(u64, u64), ChatDbError> {
+        let sql = self.select_sql("m.ROWID > ?1");
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let n = stmt.column_count();
+        let mut rows = stmt.query([cursor]).map_err(|e| self.err(e))?;
+        let (mut count, mut bytes) = (0u64, 0u64);
+        while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+            for i in 0..n {
+                bytes += match r.get_ref(i).map_err(|e| self.err(e))? {
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                        t.len() as u64
+                    }
+                    _ => 0,
+                };
+            }
+            count += 1;
+        }
+        Ok((count, bytes))
+    }
+
+    /// Every non-empty `attributedBody` after `cursor`, at most `limit`. For
+    /// the decoding benchmark.
+    pub fn bodies(&self, limit: usize) -> Result<Vec<Vec<u8>>, ChatDbError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT attributedBody FROM message WHERE attributedBody IS NOT NULL LIMIT ?1")
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([limit as i64], |r| r.get(0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// The ROWID after which the last `n` rows start (0 when fewer exist).
+    pub fn rowid_before_last(&self, n: u64) -> Result<i64, ChatDbError> {
+        if n == 0 {
+            return self.max_rowid();
+        }
+        self.conn
+            .query_row(
+                "SELECT IFNULL((SELECT ROWID FROM message ORDER BY ROWID DESC LIMIT 1 OFFSET ?1), 0)",
+                [i64::try_from(n).unwrap_or(i64::MAX)],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// Full rows by ROWID (those that still exist), oldest first.
+    pub fn rows_by_id(&self, rowids: &[i64]) -> Result<Vec<MessageRow>, ChatDbError> {
+        let sql = self.select_sql("m.ROWID = ?1");
+        let mut out = Vec::with_capacity(rowids.len());
+        for id in rowids {
+            out.extend(self.query_rows(&sql, [id])?);
+        }
+        Ok(out)
+    }
+
+    /// The status columns of rows with ROWID in `(lo, hi]`: a cheap query
+    /// (no body decoding) that the update tracker runs on every wake-up.
+    pub fn status_window(&self, lo: i64, hi: i64) -> Result<Vec<StatusRow>, ChatDbError> {
+        let sql = format!(
+            "SELECT m.ROWID, m.guid, m.is_from_me, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+             FROM message m WHERE m.ROWID > ?1 AND m.ROWID <= ?2 ORDER BY m.ROWID",
+            self.col_or("is_delivered", "0"),
+            self.col_or("date_delivered", "0"),
+            self.col_or("is_read", "0"),
+            self.col_or("date_read", "0"),
+            self.col_or("is_played", "0"),
+            self.col_or("date_played", "0"),
+            self.col_or("date_edited", "0"),
+            self.col_or("date_retracted", "0"),
+            self.col_or("part_count", "NULL"),
+            self.col_or("error", "0"),
+            self.col_or("is_sent", "0"),
+        );
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.err(e))?;
+        stmt.query_map(params![lo, hi], |r| {
+            let int = |i: usize| -> rusqlite::Result<i64> {
+                Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0))
+            };
+            Ok(StatusRow {
+                rowid: r.get(0)?,
+                guid: r.get(1)?,
+                from_me: int(2)? != 0,
+                status: RowStatus {
+                    is_delivered: int(3)? != 0,
+                    date_delivered: int(4)?,
+                    is_read: int(5)? != 0,
+                    date_read: int(6)?,
+                    is_played: int(7)? != 0,
+                    date_played: int(8)?,
+                    date_edited: int(9)?,
+                    date_retracted: int(10)?,
+                    part_count: r.get(11)?,
+                    error: int(12)?,
+                    is_sent: int(13)? != 0,
+                    ..RowStatus::default()
+                },
+            })
+        })
+        .map_err(|e| self.err(e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| self.err(e))
+    }
+
+    /// GUIDs of hard-deleted messages logged after `rowid` in
+    /// `deleted_messages`, oldest first; empty when the table is absent.
+    pub fn deleted_after(
+        &self,
+        rowid: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, ChatDbError> {
+        if !self.has_table("deleted_messages")? {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT ROWID, guid FROM deleted_messages WHERE ROWID > ?1 ORDER BY ROWID LIMIT ?2",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map(params![rowid, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))
+    }
+
+    /// `MAX(ROWID)` of `deleted_messages` (0 when empty or absent).
+    pub fn max_deleted_rowid(&self) -> Result<i64, ChatDbError> {
+        if !self.has_table("deleted_messages")? {
+            return Ok(0);
+        }
+        self.conn
+            .query_row(
+                "SELECT IFNULL(MAX(ROWID), 0) FROM deleted_messages",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    fn has_table(&self, table: &str) -> Result<bool, ChatDbError> {
+        self.conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [table],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(|e| self.err(e))
+    }
+
+    /// The newest `date` among the last rows up to `rowid` (0 when none):
+    /// where live time stood at the cursor, for telling backfill apart.
+    pub fn newest_date_upto(&self, rowid: i64) -> Result<i64, ChatDbError> {
+        self.conn
+            .query_row(
+                "SELECT IFNULL(MAX(date), 0) FROM (SELECT date FROM message WHERE ROWID <= ?1
+                 ORDER BY ROWID DESC LIMIT 200)",
+                [rowid],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// The highest ROWID whose `date` is at most `date`: where to resume in
+    /// a rebuilt database, whose ROWIDs no longer match the cursor.
+    pub fn rowid_at_date(&self, date: i64) -> Result<i64, ChatDbError> {
+        self.conn
+            .query_row(
+                "SELECT IFNULL(MAX(ROWID), 0) FROM message WHERE date <= ?1",
+                [date],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))
+    }
+
+    /// SQLite's `PRAGMA data_version`: changes when another connection
+    /// commits, so an idle wake-up can stop after one cheap query.
+    pub fn data_version(&self) -> Result<i64, ChatDbError> {
+        self.conn
+            .query_row("PRAGMA data_version", [], |r| r.get(0))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Which connection this is; changes on every (re)open.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// From-me rows after `rowid` in chat `chat_guid`, oldest first.
@@ -431,6 +921,7 @@ impl MessageRow {
     /// The `event.message` for this row. `origin` ties a from-me row to the
     /// send that produced it.
     pub fn to_event(&self, origin: Option<String>) -> EventMessage {
+        let (text, truncated) = display_text(self.text.as_deref().unwrap_or_default());
         let chat_guid = self.chat_guid.clone().unwrap_or_default();
         let participants: Vec<Handle> = self
             .participants
@@ -459,17 +950,220 @@ impl MessageRow {
             from_me: self.from_me,
             sender,
             recipients,
-            text: self.text.clone().unwrap_or_default(),
-            subject: None,
-            reply_to_guid: None,
-            thread_originator_guid: None,
+            text,
+            subject: self.subject.clone(),
+            reply_to_guid: self.thread_originator_guid.clone(),
+            thread_originator_guid: self.thread_originator_guid.clone(),
             date_ms: apple_time::apple_to_unix_ms(self.date).unwrap_or(0),
-            attachments: Vec::new(),
+            attachments: self
+                .attachments
+                .iter()
+                .map(AttachmentRow::to_attachment)
+                .collect(),
             origin: origin.map(|client_msg_id| Origin { client_msg_id }),
             backfill: false,
             backfill_request_id: None,
             suspected_echo: false,
-            truncated: false,
+            truncated,
+        }
+    }
+
+    /// [`Self::to_body`] without copying the row's strings (for bulk reads).
+    pub fn into_body(self, origin: Option<String>) -> Option<Body> {
+        if self.kind() != RowKind::Message {
+            return self.to_body(origin);
+        }
+        let chat_kind = chat_kind(
+            self.chat_style,
+            self.chat_guid.as_deref().unwrap_or_default(),
+        );
+        let participants: Vec<Handle> = self
+            .participants
+            .iter()
+            .map(|p| normalize_handle(p))
+            .collect();
+        let sender = if self.from_me {
+            None
+        } else {
+            self.sender.as_deref().map(normalize_handle)
+        };
+        let recipients = if self.from_me {
+            participants.clone()
+        } else {
+            Vec::new()
+        };
+        let (text, truncated) = display_text_owned(self.text.unwrap_or_default());
+        Some(Body::EventMessage(EventMessage {
+            event_key: whatsnap_proto::message_event_key(&self.guid),
+            guid: self.guid,
+            rowid: self.rowid,
+            chat_kind,
+            chat_guid: self.chat_guid.unwrap_or_default(),
+            group_name: self.group_name,
+            participants,
+            service: self.service.unwrap_or_else(|| "iMessage".into()),
+            from_me: self.from_me,
+            sender,
+            recipients,
+            text,
+            subject: self.subject,
+            reply_to_guid: self.thread_originator_guid.clone(),
+            thread_originator_guid: self.thread_originator_guid,
+            date_ms: apple_time::apple_to_unix_ms(self.date).unwrap_or(0),
+            attachments: self
+                .attachments
+                .iter()
+                .map(AttachmentRow::to_attachment)
+                .collect(),
+            origin: origin.map(|client_msg_id| Origin { client_msg_id }),
+            backfill: false,
+            backfill_request_id: None,
+            suspected_echo: false,
+            truncated,
+        }))
+    }
+
+    /// What kind of row this is, which decides the event it becomes.
+    pub fn kind(&self) -> RowKind {
+        match self.associated_type {
+            1000 | 2000..=2007 | 3000..=3007 => return RowKind::Reaction,
+            4000 => return RowKind::PollVote,
+            _ => {}
+        }
+        match self.item_type {
+            0 => RowKind::Message,
+            1..=3 => RowKind::GroupEvent,
+            _ => RowKind::Other,
+        }
+    }
+
+    /// The protocol event this row becomes, if the protocol has one:
+    /// `event.message` for messages (app balloons and audio included),
+    /// `event.reaction` for tapbacks. Group events, poll votes and other
+    /// system rows have no v1 frame yet and give `None`.
+    pub fn to_body(&self, origin: Option<String>) -> Option<Body> {
+        match self.kind() {
+            RowKind::Message => Some(Body::EventMessage(self.to_event(origin))),
+            RowKind::Reaction => self.to_reaction().map(Body::EventReaction),
+            RowKind::GroupEvent | RowKind::PollVote | RowKind::Other => None,
+        }
+    }
+
+    /// The `event.reaction` of a tapback row.
+    pub fn to_reaction(&self) -> Option<EventReaction> {
+        const KINDS: [&str; 8] = [
+            "love",
+            "like",
+            "dislike",
+            "laugh",
+            "emphasize",
+            "question",
+            "emoji",
+            "sticker",
+        ];
+        let (kind, removed) = match self.associated_type {
+            1000 => ("sticker", false),
+            t @ 2000..=2007 => (KINDS[(t - 2000) as usize], false),
+            t @ 3000..=3007 => (KINDS[(t - 3000) as usize], true),
+            _ => return None,
+        };
+        let target_guid = target_guid(self.associated_guid.as_deref()?).to_owned();
+        Some(EventReaction {
+            event_key: format!("react:{}", self.guid),
+            target_guid,
+            kind: kind.to_owned(),
+            emoji: self.associated_emoji.clone().filter(|e| !e.is_empty()),
+            removed,
+            sender: if self.from_me {
+                None
+            } else {
+                self.sender.as_deref().map(normalize_handle)
+            },
+        })
+    }
+}
+
+/// Which protocol event a row becomes ([`MessageRow::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowKind {
+    /// A message (text, attachments, app balloon, audio).
+    Message,
+    /// A tapback or sticker on another message.
+    Reaction,
+    /// Rename, member added/removed/left, group photo.
+    GroupEvent,
+    /// A poll vote (Tahoe).
+    PollVote,
+    /// Location sharing, kept audio, SharePlay...
+    Other,
+}
+
+/// The GUID a tapback targets: `p:<part>/<GUID>`, `bp:<GUID>` or bare.
+pub fn target_guid(associated: &str) -> &str {
+    if let Some(rest) = associated.strip_prefix("bp:") {
+        return rest;
+    }
+    if let Some(rest) = associated.strip_prefix("p:")
+        && let Some((_, guid)) = rest.split_once('/')
+    {
+        return guid;
+    }
+    associated
+}
+
+/// Most text an event carries; longer bodies are cut and flagged.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+
+/// The text shown to the service: the body without the U+FFFC attachment and
+/// U+FFFD balloon placeholders (the files travel in `attachments`), cut at
+/// [`MAX_TEXT_BYTES`] on a character boundary. Returns (text, truncated).
+pub fn display_text(raw: &str) -> (String, bool) {
+    display_text_owned(raw.to_owned())
+}
+
+/// [`display_text`] without a copy when there is nothing to strip or cut.
+pub fn display_text_owned(raw: String) -> (String, bool) {
+    let mut text = if raw.contains(['\u{FFFC}', '\u{FFFD}']) {
+        raw.chars()
+            .filter(|c| !matches!(c, '\u{FFFC}' | '\u{FFFD}'))
+            .collect()
+    } else {
+        raw
+    };
+    if text.len() <= MAX_TEXT_BYTES {
+        return (text, false);
+    }
+    let mut cut = MAX_TEXT_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    (text, true)
+}
+
+impl AttachmentRow {
+    /// The protocol's view: `pending` while Messages is still downloading,
+    /// `missing` when the transfer finished but the file is gone, else
+    /// `uploaded` (on disk and ready; the link uploads it before the event
+    /// leaves the Mac).
+    pub fn to_attachment(&self) -> Attachment {
+        // transfer_state 0 and 5 are finished, 6 failed; others in progress
+        // (values documented only by one inferred source, section 16).
+        let finished = matches!(self.transfer_state, 0 | 5 | 6);
+        let state = if self.on_disk {
+            AttachmentState::Uploaded
+        } else if finished && self.path.is_some() {
+            AttachmentState::Missing
+        } else {
+            AttachmentState::Pending
+        };
+        Attachment {
+            att_id: self.guid.clone(),
+            name: self.name.clone(),
+            mime: self.mime.clone(),
+            size: self.size,
+            sha256: None,
+            state,
         }
     }
 }
@@ -540,6 +1234,12 @@ impl SharedChatDb {
         let this = self.clone();
         crate::blocking(move || {
             let mut guard = this.conn.lock().unwrap_or_else(|e| e.into_inner());
+            // A database rebuilt or replaced under us (new inode) is reopened:
+            // the old connection would keep reading the unlinked file.
+            if guard.as_ref().is_some_and(ChatDb::is_replaced) {
+                tracing::info!("{} was replaced; reopening it", this.path.display());
+                *guard = None;
+            }
             if guard.is_none() {
                 *guard = Some(ChatDb::open(&this.path)?);
             }
@@ -554,4 +1254,38 @@ impl SharedChatDb {
         })
         .await
     }
+}
+
+/// Expands a leading `~/` (only that one: a `~` elsewhere is part of a
+/// name, the bug imessage-exporter fixed in 1.6.0) with `home`.
+pub fn expand_home(path: &str, home: Option<&std::ffi::OsStr>) -> PathBuf {
+    match (path.strip_prefix("~/"), home) {
+        (Some(rest), Some(home)) if !home.is_empty() => Path::new(home).join(rest),
+        _ => PathBuf::from(path),
+    }
+}
+
+/// The inode of a file, to tell a replaced database from the one opened.
+fn file_identity(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// A MIME type for the UTIs Messages uses when `mime_type` is NULL
+/// (reference section 16).
+pub fn mime_for_uti(uti: &str) -> Option<&'static str> {
+    Some(match uti {
+        "public.jpeg" => "image/jpeg",
+        "public.heic" => "image/heic",
+        "public.png" => "image/png",
+        "com.compuserve.gif" => "image/gif",
+        "com.apple.quicktime-movie" => "video/quicktime",
+        "public.mpeg-4" => "video/mp4",
+        "com.apple.m4a-audio" => "audio/mp4",
+        "com.apple.coreaudio-format" => "audio/x-caf",
+        "public.vcard" => "text/vcard",
+        "com.adobe.pdf" => "application/pdf",
+        "public.plain-text" => "text/plain",
+        _ => return None,
+    })
 }

@@ -152,13 +152,51 @@ type Result<T> = std::result::Result<T, TypedStreamError>;
 /// UTF-8 or UTF-16 is decoded lossily rather than rejected. A stream that is wrong or ends before
 /// the text's last byte is an error; one that only goes wrong after it still yields the text.
 pub fn decode_text(blob: &[u8]) -> std::result::Result<String, TypedStreamError> {
+    decode_body(blob).map(|body| body.text)
+}
+
+/// The attribute naming the file transfer a U+FFFC stands for.
+pub const FILE_TRANSFER_KEY: &[u8] = b"__kIMFileTransferGUIDAttributeName";
+
+/// What a body says: its text and, in body order, the transfer GUIDs of the
+/// attachments its U+FFFC placeholders stand for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecodedBody {
+    /// The text, placeholders included.
+    pub text: String,
+    /// `__kIMFileTransferGUIDAttributeName` values in the order they appear,
+    /// which is the order of the U+FFFC characters (mautrix sorts attachments
+    /// the same way; `message_attachment_join` order is not body order).
+    pub attachment_guids: Vec<String>,
+}
+
+/// [`decode_text`] plus the attachment order. A failure in the attributes
+/// after the text keeps the text and whatever GUIDs were read before it.
+pub fn decode_body(blob: &[u8]) -> std::result::Result<DecodedBody, TypedStreamError> {
     if let Some(utf16) = blob.strip_prefix(&UTF16LE_BOM) {
-        return Ok(decode_utf16le(utf16));
+        return Ok(DecodedBody {
+            text: decode_utf16le(utf16),
+            attachment_guids: Vec::new(),
+        });
     }
-    let bytes = Walker::new(blob).decode()?;
-    Ok(match std::str::from_utf8(bytes) {
+    let mut walker = Walker::new(blob);
+    let bytes = walker.decode()?;
+    let text = match std::str::from_utf8(bytes) {
         Ok(text) => text.to_owned(),
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    };
+    let mut attachment_guids = Vec::new();
+    let mut values = walker.values.iter();
+    while let Some(value) = values.next() {
+        if *value == Some(FILE_TRANSFER_KEY)
+            && let Some(Some(guid)) = values.next()
+        {
+            attachment_guids.push(String::from_utf8_lossy(guid).into_owned());
+        }
+    }
+    Ok(DecodedBody {
+        text,
+        attachment_guids,
     })
 }
 
@@ -225,6 +263,12 @@ struct Walker<'a> {
     depth: usize,
     /// The root's text, set the moment its byte string has been read in full.
     text: Option<&'a [u8]>,
+    /// The string contents of NSString objects, by object-table index, so a
+    /// back-referenced key still reads as its text.
+    object_strings: Vec<(usize, &'a [u8])>,
+    /// Every object value read after the text, as its string when it is one,
+    /// in stream order: attribute dictionaries come out as key, value, ...
+    values: Vec<Option<&'a [u8]>>,
 }
 
 impl<'a> Walker<'a> {
@@ -232,10 +276,13 @@ impl<'a> Walker<'a> {
         Self {
             buf,
             pos: 0,
-            strings: Vec::new(),
-            shared: Vec::new(),
+            // Sized for a typical body, so decoding does not regrow them.
+            strings: Vec::with_capacity(16),
+            shared: Vec::with_capacity(16),
             depth: 0,
             text: None,
+            object_strings: Vec::new(),
+            values: Vec::new(),
         }
     }
 
@@ -402,28 +449,42 @@ impl<'a> Walker<'a> {
 
     /// Reads type groups until the end-of-object byte.
     fn read_contents(&mut self) -> Result<()> {
+        self.read_contents_string().map(drop)
+    }
+
+    /// [`Self::read_contents`], returning the object's first `+` byte string (an NSString's text).
+    fn read_contents_string(&mut self) -> Result<Option<&'a [u8]>> {
+        let mut first = None;
         while self.peek()? != TAG_END {
             let (encoding, at) = self.read_type_string()?;
-            self.read_values(encoding, at, false)?;
+            let bytes = self.read_values(encoding, at, false)?;
+            first = first.or(bytes);
         }
         self.pos += 1;
-        Ok(())
+        Ok(first)
     }
 
     /// Reads one value per type in `encoding`. With `keep_text` (only the root's string does
     /// that), the first `+` byte string becomes [`Self::text`] the moment it has been read, so a
     /// failure in a later value cannot lose it.
-    fn read_values(&mut self, encoding: &'a [u8], at: usize, keep_text: bool) -> Result<()> {
+    fn read_values(
+        &mut self,
+        encoding: &'a [u8],
+        at: usize,
+        keep_text: bool,
+    ) -> Result<Option<&'a [u8]>> {
         let mut start = 0;
+        let mut first = None;
         while start < encoding.len() {
             let end = type_end(encoding, start, at)?;
             let bytes = self.read_value(encoding.get(start..end).unwrap_or_default(), at)?;
             if keep_text && self.text.is_none() {
                 self.text = bytes;
             }
+            first = first.or(bytes);
             start = end;
         }
-        Ok(())
+        Ok(first)
     }
 
     /// Reads one value of type `ty`; returns the bytes if it is a `+` byte string.
@@ -463,15 +524,30 @@ impl<'a> Walker<'a> {
 
     fn read_object_value(&mut self) -> Result<()> {
         let at = self.pos;
-        match self.byte()? {
-            TAG_NIL => Ok(()),
+        let value = match self.byte()? {
+            TAG_NIL => None,
             TAG_NEW => {
+                let index = self.shared.len();
                 self.shared.push(Shared::Object);
                 self.read_object_class()?;
-                self.nested(Self::read_contents)
+                let string = self.nested(Self::read_contents_string)?;
+                if let Some(string) = string {
+                    self.object_strings.push((index, string));
+                }
+                string
             }
-            head => self.read_object_reference(head, at).map(drop),
+            head => {
+                let index = self.read_object_reference(head, at)?;
+                self.object_strings
+                    .iter()
+                    .find(|(i, _)| *i == index)
+                    .map(|(_, s)| *s)
+            }
+        };
+        if self.text.is_some() {
+            self.values.push(value);
         }
+        Ok(())
     }
 
     /// Reads a class and its superclasses up to nil or a class seen before; returns the first.
@@ -574,9 +650,9 @@ impl<'a> Walker<'a> {
         let inner = ty.get(1..ty.len().saturating_sub(1)).unwrap_or_default();
         let name_len = inner.iter().take_while(|b| !b"={}[]()".contains(b)).count();
         match inner.get(name_len) {
-            Some(b'=') => {
-                self.read_values(inner.get(name_len + 1..).unwrap_or_default(), at, false)
-            }
+            Some(b'=') => self
+                .read_values(inner.get(name_len + 1..).unwrap_or_default(), at, false)
+                .map(drop),
             None => Ok(()),
             Some(_) => Err(unsupported(ty, at)),
         }

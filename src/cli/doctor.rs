@@ -1,10 +1,35 @@
-//! `whatsnap-mac doctor`: Check everything the bridge needs and say how to fix what is missing.
+//! `whatsnap-mac doctor`: checks everything the bridge needs and prints one
+//! line per check, each problem with its fix; `--json` for programs.
+//!
+//! Exit codes: 0 nothing failed (warnings allowed), 1 at least one check failed.
+
+use crate::config::Paths;
+use crate::doctor::{self, Env, Outcome};
 
 /// `doctor` options.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+#[command(after_help = "Exit codes: 0 nothing failed, 1 a check failed.")]
+pub struct Args {
+    /// Print JSON: {"ok": bool, "checks": [{"id", "outcome", "detail", "fix"}]}.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// Runs `doctor`.
-pub fn run(_args: &Args, _paths: &crate::config::Paths) -> anyhow::Result<u8> {
-    super::coming::not_yet("doctor")
+pub fn run(args: &Args, paths: &Paths) -> anyhow::Result<u8> {
+    let env = Env::from_env(paths.clone());
+    let checks = super::runtime()?.block_on(doctor::run_all(&env));
+    let ok = !checks.iter().any(|c| c.outcome == Outcome::Fail);
+    if args.json {
+        let json = serde_json::json!({ "ok": ok, "checks": checks });
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        for check in &checks {
+            println!("{}", check.line());
+        }
+        if ok {
+            println!("All checks passed.");
+        }
+    }
+    Ok(if ok { 0 } else { 1 })
 }

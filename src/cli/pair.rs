@@ -13,8 +13,30 @@ pub struct Args {
     /// The account service, e.g. https://whatsnap.example.com.
     #[arg(long, env = "WHATSNAP_SERVER")]
     pub server: String,
-    /// The pairing code shown by the service (XXXX-XXXX).
-    pub code: String,
+    /// The pairing code shown by the service (XXXX-XXXX); asked for when not given.
+    #[arg(value_name = "CODE")]
+    pub code_arg: Option<String>,
+    /// The pairing code, as an option.
+    #[arg(long, conflicts_with = "code_arg")]
+    pub code: Option<String>,
+}
+
+/// The code from the command line, or typed at a prompt.
+fn code(args: &Args) -> anyhow::Result<String> {
+    if let Some(code) = args.code.as_ref().or(args.code_arg.as_ref()) {
+        return Ok(code.clone());
+    }
+    eprint!("Pairing code from your WhatSnap admin (XXXX-XXXX): ");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the pairing code from the terminal")?;
+    let line = line.trim().to_owned();
+    anyhow::ensure!(
+        !line.is_empty(),
+        "no pairing code given; pass it with --code XXXX-XXXX or type it at the prompt"
+    );
+    Ok(line)
 }
 
 /// Pairs; exit 1 when the service refuses the code.
@@ -29,7 +51,8 @@ async fn pair_async(args: &Args, paths: &Paths) -> anyhow::Result<u8> {
         .timeout(Duration::from_secs(30))
         .build()
         .context("cannot build the HTTPS client")?;
-    match pair::pair(&client, &args.server, &args.code, pair::device_info()).await {
+    let code = code(args)?;
+    match pair::pair(&client, &args.server, &code, pair::device_info()).await {
         Ok(creds) => {
             pair::save(&paths.credentials(), &creds)?;
             println!(

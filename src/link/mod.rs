@@ -25,7 +25,8 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use whatsnap_proto::close::{self, CloseAction, CloseReason};
 use whatsnap_proto::frame::{
-    self, Ack, Body, DecodeError, Frame, Hello, HelloCommands, HelloEvents, Pong, Status, Stream,
+    self, Ack, Body, DecodeError, Frame, Hello, HelloCommands, HelloEvents, Pong, SettingsData,
+    Status, Stream,
 };
 
 use crate::reader::ReaderHealth;
@@ -76,6 +77,10 @@ pub struct Link {
     pub reader_health: watch::Receiver<ReaderHealth>,
     /// When the daemon started.
     pub started: Instant,
+    /// Ceiling of the reconnect delay ([`MAX_BACKOFF`] outside tests).
+    pub backoff_cap: Duration,
+    /// The account's settings in force, published after they are stored.
+    pub settings: watch::Sender<SettingsData>,
 }
 
 /// How a session ended.
@@ -101,9 +106,19 @@ enum SessionError {
     Protocol(String),
 }
 
+/// The longest reconnect delay of the protocol (§11).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
 /// Full-jitter backoff: random in `[250 ms, min(60 s, 1 s · 2^attempt)]`.
 pub fn backoff_delay(attempt: u32) -> Duration {
-    let cap_ms = 60_000u64.min(1000u64.saturating_mul(1 << attempt.min(16)));
+    backoff_delay_capped(attempt, MAX_BACKOFF)
+}
+
+/// [`backoff_delay`] with another ceiling than 60 s (the chaos harness uses
+/// a short one so that 30 service restarts do not take half an hour).
+pub fn backoff_delay_capped(attempt: u32, cap: Duration) -> Duration {
+    let cap_ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+    let cap_ms = cap_ms.min(1000u64.saturating_mul(1 << attempt.min(16)));
     Duration::from_millis(fastrand::u64(250..=cap_ms.max(250)))
 }
 
@@ -125,7 +140,7 @@ impl Link {
                     if stable {
                         attempt = 0;
                     }
-                    let delay = backoff_delay(attempt);
+                    let delay = backoff_delay_capped(attempt, self.backoff_cap);
                     attempt = attempt.saturating_add(1);
                     tracing::warn!(
                         attempt,
@@ -259,9 +274,13 @@ impl Link {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let store = self.store.clone();
-        let ((events_epoch, last_seq), (commands_epoch, acked_upto)) =
+        let ((events_epoch, last_seq), (commands_epoch, acked_upto), settings_version) =
             crate::blocking(move || -> Result<_, crate::store::StoreError> {
-                Ok((store.events_position()?, store.commands_position()?))
+                Ok((
+                    store.events_position()?,
+                    store.commands_position()?,
+                    store.settings()?.version,
+                ))
             })
             .await?;
         let hello = Frame::new(
@@ -278,7 +297,7 @@ impl Link {
                     epoch: commands_epoch,
                     acked_upto,
                 },
-                settings_version: 0,
+                settings_version,
                 capabilities: Vec::new(),
                 health: Some(self.status().await),
             }),
@@ -333,6 +352,9 @@ impl Link {
             })
             .await?;
         }
+        if let Some(settings) = welcome.settings.clone() {
+            self.apply_settings(None, settings).await?;
+        }
         self.state.send_replace(LinkState::Connected {
             account_tag: welcome.account_tag.clone(),
         });
@@ -350,13 +372,24 @@ impl Link {
         let mut last_rx = Instant::now();
         let mut ping = tokio::time::interval(heartbeat);
         ping.reset();
+        // Wake from sleep: the monotonic clock stands still while the Mac
+        // sleeps, the wall clock does not. A jump between them means the
+        // socket may be dead without either side having noticed.
+        let mut wake_check = tokio::time::interval(WAKE_CHECK_EVERY);
+        wake_check.reset();
+        let mut clocks = ClockPair::now();
+        let mut probe_deadline: Option<Instant> = None;
         let mut status_every = tokio::time::interval(Duration::from_secs(60));
         status_every.reset();
         let mut health = self.reader_health.clone();
         let mut last_reported_error = health.borrow_and_update().error.clone();
+        let mut health_open = true;
         let mut session = Session {
             link: self,
             events_epoch: events_epoch.clone(),
+            unacked_cmds: 0,
+            cmd_ack_due: None,
+            commands_window: welcome.commands_window.max(1),
         };
         // Resend everything the service has not acked.
         session
@@ -376,25 +409,47 @@ impl Link {
                 () = self.outbox.notified() => {
                     session.flush(ws, &mut sent_upto, acked_upto, window).await?;
                 }
-                _ = ping.tick() => {
-                    if last_rx.elapsed() > idle_timeout {
-                        return Ok(SessionEnd::Retry {
-                            reason: format!("no frames from the service for {} s", idle_timeout.as_secs()),
-                            stable,
-                        });
+                () = tokio::time::sleep_until(last_rx + idle_timeout) => {
+                    return Ok(SessionEnd::Retry {
+                        reason: format!("no frames from the service for {} s", idle_timeout.as_secs()),
+                        stable,
+                    });
+                }
+                () = sleep_until_opt(probe_deadline) => {
+                    return Ok(SessionEnd::Retry {
+                        reason: "no answer from the service within 5 s after waking from sleep".into(),
+                        stable,
+                    });
+                }
+                _ = wake_check.tick() => {
+                    let (next, jump) = clocks.advance();
+                    clocks = next;
+                    if jump > WAKE_JUMP && probe_deadline.is_none() {
+                        tracing::info!(slept_s = jump.as_secs(), "woke from sleep; probing the link");
+                        probe_deadline = Some(Instant::now() + WAKE_PROBE_TIMEOUT);
+                        ws.send(Message::Ping(Vec::new().into())).await?;
                     }
+                }
+                _ = ping.tick() => {
                     // Nothing acked for 30 s while events are in flight: resend.
                     if sent_upto > acked_upto && last_ack_at.elapsed() > Duration::from_secs(30) {
                         sent_upto = acked_upto;
                         last_ack_at = Instant::now();
                         session.flush(ws, &mut sent_upto, acked_upto, window).await?;
                     }
+                    tracing::debug!(quiet_ms = last_rx.elapsed().as_millis() as u64, "ping");
                     ws.send(Message::Ping(Vec::new().into())).await?;
+                }
+                () = sleep_until_opt(session.cmd_ack_due) => {
+                    session.ack_commands(ws, None).await?;
                 }
                 _ = status_every.tick() => {
                     session.send_status(ws, None).await?;
                 }
-                r = health.changed() => {
+                r = health.changed(), if health_open => {
+                    // The reader is gone (shutting down): stop watching, or
+                    // this branch would be ready forever and spin.
+                    health_open = r.is_ok();
                     let error = health.borrow_and_update().error.clone();
                     if r.is_ok() && error != last_reported_error {
                         last_reported_error = error;
@@ -407,6 +462,7 @@ impl Link {
                     };
                     let msg = msg?;
                     last_rx = Instant::now();
+                    probe_deadline = None;
                     match msg {
                         Message::Text(text) => {
                             if let Some(ack) = session.on_text(ws, text.as_str()).await? {
@@ -429,6 +485,32 @@ impl Link {
                 }
             }
         }
+    }
+
+    /// Applies a settings version (from a `settings` command with `seq`, or
+    /// from `welcome`): stored with its `settings.applied` answer in one
+    /// transaction, then published to the tasks that follow them.
+    async fn apply_settings(
+        &self,
+        seq: Option<u64>,
+        settings: SettingsData,
+    ) -> Result<Accepted, SessionError> {
+        // Keys the sender refuses are reported per key; the rest apply.
+        let errors: serde_json::Map<String, serde_json::Value> =
+            crate::send::SendSettings::default()
+                .apply(&settings.values)
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect();
+        let store = self.store.clone();
+        let data = settings.clone();
+        let outcome = crate::blocking(move || store.accept_settings(seq, &data, errors)).await?;
+        if outcome == Accepted::Queued {
+            tracing::info!(version = settings.version, "settings applied");
+            self.settings.send_replace(settings);
+            self.outbox.notify_one();
+        }
+        Ok(outcome)
     }
 
     async fn status(&self) -> Status {
@@ -459,7 +541,18 @@ impl Link {
 struct Session<'a> {
     link: &'a Link,
     events_epoch: String,
+    /// Commands processed since the last commands ack (§4.3 coalescing).
+    unacked_cmds: u64,
+    /// When the pending commands ack is due (250 ms after the first).
+    cmd_ack_due: Option<Instant>,
+    /// The service's commands window: a full window is acked at once.
+    commands_window: u64,
 }
+
+/// Commands are acked after this many, or [`CMD_ACK_DELAY`] after the first.
+const CMD_ACK_EVERY: u64 = 50;
+/// See [`CMD_ACK_EVERY`].
+const CMD_ACK_DELAY: Duration = Duration::from_millis(250);
 
 impl Session<'_> {
     /// Sends unacked events after `sent_upto`, keeping at most `window` in flight.
@@ -545,6 +638,8 @@ impl Session<'_> {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        self.unacked_cmds = 0;
+        self.cmd_ack_due = None;
         let store = self.link.store.clone();
         let (epoch, upto) = crate::blocking(move || store.commands_position()).await?;
         let ack = Body::Ack(Ack {
@@ -571,9 +666,18 @@ impl Session<'_> {
                 tracing::warn!("refusing a frame from the service: {e}");
                 self.send(ws, Frame::new(e.to_error_body(), now_ms()))
                     .await?;
-                // An unknown durable frame still moves the stream on.
-                if let DecodeError::UnknownType { seq: Some(seq), .. } = e {
-                    self.accept(ws, seq, None).await?;
+                // An unknown or unreadable durable frame still moves the
+                // stream on: resending it would fail the same way (§7).
+                match e {
+                    DecodeError::UnknownType { seq: Some(seq), .. } => {
+                        self.accept(ws, seq, None).await?;
+                    }
+                    DecodeError::BadData {
+                        ty, seq: Some(seq), ..
+                    } if Body::stream_of(&ty) == Some(Stream::Commands) => {
+                        self.accept(ws, seq, None).await?;
+                    }
+                    _ => {}
                 }
                 return Ok(None);
             }
@@ -589,6 +693,19 @@ impl Session<'_> {
                 .await?;
                 return Ok(None);
             };
+            if let Body::Settings(settings) = &frame.body {
+                let outcome = self
+                    .link
+                    .apply_settings(Some(seq), settings.clone())
+                    .await?;
+                match outcome {
+                    Accepted::Gap { committed } => {
+                        self.ack_commands(ws, Some(committed + 1)).await?;
+                    }
+                    Accepted::Queued | Accepted::Duplicate => self.processed_command(ws).await?,
+                }
+                return Ok(None);
+            }
             let cmd = match &frame.body {
                 Body::CmdSend(cmd) => Some(cmd.clone()),
                 other => {
@@ -648,15 +765,78 @@ impl Session<'_> {
         match outcome {
             Accepted::Queued => {
                 self.link.send_wake.notify_one();
-                self.ack_commands(ws, None).await
+                self.processed_command(ws).await
             }
             Accepted::Duplicate => {
                 // A replay of a finished send re-queued its result.
                 self.link.outbox.notify_one();
-                self.ack_commands(ws, None).await
+                self.processed_command(ws).await
             }
             Accepted::Gap { committed } => self.ack_commands(ws, Some(committed + 1)).await,
         }
+    }
+
+    /// Coalesces command acks (§4.3): at once when the service's window is
+    /// full or after 50, else 250 ms after the first unacked one.
+    async fn processed_command<S>(
+        &mut self,
+        ws: &mut tokio_tungstenite::WebSocketStream<S>,
+    ) -> Result<(), SessionError>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        self.unacked_cmds += 1;
+        if self.unacked_cmds >= CMD_ACK_EVERY.min(self.commands_window) {
+            return self.ack_commands(ws, None).await;
+        }
+        self.cmd_ack_due
+            .get_or_insert_with(|| Instant::now() + CMD_ACK_DELAY);
+        Ok(())
+    }
+}
+
+/// How often the two clocks are compared.
+const WAKE_CHECK_EVERY: Duration = Duration::from_secs(2);
+/// Wall time beyond monotonic time that counts as a sleep.
+const WAKE_JUMP: Duration = Duration::from_secs(10);
+/// After a wake, the service must answer within this (protocol §11).
+const WAKE_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A reading of the monotonic and the wall clock, to detect sleep.
+#[derive(Debug, Clone, Copy)]
+struct ClockPair {
+    mono: Instant,
+    wall_ms: i64,
+}
+
+impl ClockPair {
+    fn now() -> ClockPair {
+        ClockPair {
+            mono: Instant::now(),
+            wall_ms: now_ms(),
+        }
+    }
+
+    /// A new reading, and how much more the wall clock advanced than the
+    /// monotonic one since `self` (zero if it advanced less).
+    fn advance(self) -> (ClockPair, Duration) {
+        let next = ClockPair::now();
+        (next, self.jump_to(next))
+    }
+
+    fn jump_to(self, next: ClockPair) -> Duration {
+        let mono_ms =
+            i64::try_from(next.mono.duration_since(self.mono).as_millis()).unwrap_or(i64::MAX);
+        let wall_ms = next.wall_ms.saturating_sub(self.wall_ms);
+        Duration::from_millis(u64::try_from(wall_ms.saturating_sub(mono_ms)).unwrap_or(0))
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none (a disabled timer).
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -730,6 +910,32 @@ fn now_ms() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wall_clock_jump_beyond_the_monotonic_one_is_a_wake() {
+        let before = ClockPair {
+            mono: Instant::now(),
+            wall_ms: 1_000_000,
+        };
+        // 2 s of monotonic time, 2 s of wall time: awake.
+        let awake = ClockPair {
+            mono: before.mono + Duration::from_secs(2),
+            wall_ms: 1_002_000,
+        };
+        assert_eq!(before.jump_to(awake), Duration::ZERO);
+        // 2 s of monotonic time, an hour of wall time: slept.
+        let woke = ClockPair {
+            mono: before.mono + Duration::from_secs(2),
+            wall_ms: 1_000_000 + 3_602_000,
+        };
+        assert!(before.jump_to(woke) > WAKE_JUMP);
+        // The wall clock set back (NTP): not a wake.
+        let set_back = ClockPair {
+            mono: before.mono + Duration::from_secs(2),
+            wall_ms: 900_000,
+        };
+        assert_eq!(before.jump_to(set_back), Duration::ZERO);
+    }
 
     #[test]
     fn backoff_stays_within_its_bounds() {

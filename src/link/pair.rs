@@ -168,6 +168,46 @@ pub async fn pair(
     })
 }
 
+/// Revokes this device at the service (`DELETE /v1/device`). A token the
+/// service no longer knows (401) counts as done: the device is gone either way.
+pub async fn unpair(client: &reqwest::Client, creds: &Credentials) -> Result<(), PairError> {
+    let base = check_server_url(&creds.server)?;
+    let url = format!("{}/v1/device", base.as_str().trim_end_matches('/'));
+    let response = client
+        .delete(&url)
+        .bearer_auth(&creds.device_token)
+        .send()
+        .await
+        .map_err(|e| PairError::Unreachable {
+            server: creds.server.clone(),
+            detail: e.without_url().to_string(),
+        })?;
+    let status = response.status();
+    if status.is_success() || status.as_u16() == 401 {
+        return Ok(());
+    }
+    let message = match response.json::<ApiError>().await {
+        Ok(api) => api.error.message,
+        Err(_) => format!("HTTP {status}"),
+    };
+    Err(PairError::Refused {
+        status: status.as_u16(),
+        message,
+    })
+}
+
+/// Deletes the stored credentials; absent is fine.
+pub fn forget(path: &Path) -> Result<(), PairError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PairError::Storage {
+            path: path.display().to_string(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
 /// Writes credentials to `path`, readable by the user only. The file is
 /// written beside and renamed over, so a crash never leaves half a token.
 pub fn save(path: &Path, creds: &Credentials) -> Result<(), PairError> {

@@ -2,8 +2,11 @@
 //!
 //! The script goes to osascript's stdin and the message data only as process
 //! arguments, with no shell in between, so no text can ever become code. The
-//! outcome is classified by what it means for a retry: a failure before
-//! dispatch may be retried, a timeout may have sent and must not be.
+//! outcome is classified by what it means for a retry, from the trailing
+//! `(-NNNN)` AppleScript error number (the English text is localised): a
+//! script error before dispatch is `not_started` and may be retried; a
+//! timeout, a killed osascript, or Messages dying or timing out mid-event is
+//! `may_have_completed` and must never be retried.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -23,6 +26,24 @@ pub enum RunOutcome {
     NotStarted(ScriptError),
     /// Timed out or was killed: the message may have gone out.
     MayHaveCompleted(String),
+}
+
+/// AppleScript error numbers that mean Messages may have been in the middle
+/// of the send: -1712 (the Apple event timed out inside Messages) and -609
+/// (the connection to Messages broke mid-event).
+pub const MAY_HAVE_COMPLETED_CODES: &[i64] = &[-1712, -609];
+
+/// macOS refused to let this program control Messages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "macOS denied control of Messages (-1743): open System Settings > Privacy & Security > \
+     Automation, find {binary} and turn on Messages under it, then retry (osascript said: {detail})"
+)]
+pub struct AutomationDenied {
+    /// The program that needs the grant.
+    pub binary: String,
+    /// osascript's own words.
+    pub detail: String,
 }
 
 /// A script error, classified by its AppleScript error number.
@@ -50,16 +71,25 @@ impl ScriptError {
         }
     }
 
+    /// Messages does not know the chat GUID or the participant (-1728).
+    pub fn is_no_such_target(&self) -> bool {
+        self.code == Some(-1728)
+    }
+
+    /// The Automation error, when this is one.
+    pub fn automation_denied(&self) -> Option<AutomationDenied> {
+        self.is_automation_denied().then(|| AutomationDenied {
+            binary: std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "whatsnap-mac".into()),
+            detail: self.message.clone(),
+        })
+    }
+
     /// What to tell the user.
     pub fn explain(&self, osascript: &Path) -> String {
-        if self.is_automation_denied() {
-            let binary = std::env::current_exe()
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|_| "whatsnap-mac".into());
-            return format!(
-                "macOS denied control of Messages: allow {binary} under System Settings > Privacy & Security > Automation > Messages ({})",
-                self.message
-            );
+        if let Some(denied) = self.automation_denied() {
+            return denied.to_string();
         }
         format!("{} failed: {}", osascript.display(), self.message)
     }
@@ -93,8 +123,19 @@ impl Runner {
         &self.program
     }
 
-    /// Runs `script` with `args` as its `argv`.
+    /// The time limit of one call unless the caller gives another.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs `script` with `args` as its `argv`, within the default time limit.
     pub async fn run(&self, script: Script, args: &[&str]) -> RunOutcome {
+        self.run_within(script, args, self.timeout).await
+    }
+
+    /// Runs `script` with `args` as its `argv`; after `timeout` osascript is
+    /// killed and the outcome is `may_have_completed`.
+    pub async fn run_within(&self, script: Script, args: &[&str], timeout: Duration) -> RunOutcome {
         let mut child = match Command::new(&self.program)
             .arg("-")
             .args(args)
@@ -121,11 +162,12 @@ impl Runner {
                 message: format!("cannot write the script to osascript: {e}"),
             });
         }
-        match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
+        // kill_on_drop: when the timeout drops the wait, osascript is killed.
+        match tokio::time::timeout(timeout, child.wait_with_output()).await {
             Err(_) => RunOutcome::MayHaveCompleted(format!(
-                "{} did not finish within {} s",
+                "{} did not finish within {:.1} s and was killed",
                 self.program.display(),
-                self.timeout.as_secs()
+                timeout.as_secs_f64()
             )),
             Ok(Err(e)) => RunOutcome::MayHaveCompleted(format!("waiting for osascript: {e}")),
             Ok(Ok(output)) => {
@@ -139,8 +181,14 @@ impl Runner {
                         "osascript was killed ({stderr})"
                     ));
                 }
+                let code = error_number(&stderr);
+                if code.is_some_and(|c| MAY_HAVE_COMPLETED_CODES.contains(&c)) {
+                    return RunOutcome::MayHaveCompleted(format!(
+                        "Messages did not answer in time or went away mid-send ({stderr})"
+                    ));
+                }
                 RunOutcome::NotStarted(ScriptError {
-                    code: error_number(&stderr),
+                    code,
                     message: stderr,
                 })
             }

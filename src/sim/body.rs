@@ -110,6 +110,162 @@ pub fn attributed_body(text: &str) -> Vec<u8> {
     out
 }
 
+/// One piece of a message body: text, or an attachment's place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyPart {
+    /// Text of its own message part.
+    Text(String),
+    /// An attachment, by its transfer GUID: stored as one U+FFFC carrying
+    /// `__kIMFileTransferGUIDAttributeName`.
+    Attachment(String),
+}
+
+/// The attribute Messages puts on each U+FFFC: which file transfer sits there.
+const FILE_TRANSFER_ATTRIBUTE: &str = "__kIMFileTransferGUIDAttributeName";
+
+/// The typedstream Messages stores for a body made of text and attachment
+/// parts, each part its own attribute run (part index, and for attachments
+/// the transfer GUID), so a reader can tie each U+FFFC to its file in order.
+pub fn attributed_body_parts(parts: &[BodyPart]) -> Vec<u8> {
+    let mut text = String::new();
+    for part in parts {
+        match part {
+            BodyPart::Text(t) => text.push_str(t),
+            BodyPart::Attachment(_) => text.push('\u{FFFC}'),
+        }
+    }
+    let mut a = Archiver::default();
+    a.out.extend_from_slice(&HEADER);
+    a.shared_string("@");
+    a.new_object();
+    a.class_chain(&[
+        ("NSMutableAttributedString", 0),
+        ("NSAttributedString", 0),
+        ("NSObject", 0),
+    ]);
+    a.string_object(&text, true);
+    for (index, part) in parts.iter().enumerate() {
+        let (units, guid) = match part {
+            BodyPart::Text(t) => (t.encode_utf16().count(), None),
+            BodyPart::Attachment(g) => (1, Some(g.as_str())),
+        };
+        if units == 0 {
+            continue;
+        }
+        a.shared_string("iI");
+        push_length(&mut a.out, index + 1);
+        push_length(&mut a.out, units);
+        // Attribute set `index + 1`, new on first use.
+        a.shared_string("@");
+        a.new_object();
+        a.class_chain(&[("NSDictionary", 0), ("NSObject", 0)]);
+        a.shared_string("i");
+        push_length(&mut a.out, if guid.is_some() { 2 } else { 1 });
+        a.shared_string("@");
+        a.string_object(PART_ATTRIBUTE, false);
+        a.shared_string("@");
+        a.number_object(index);
+        if let Some(guid) = guid {
+            a.shared_string("@");
+            a.string_object(FILE_TRANSFER_ATTRIBUTE, false);
+            a.shared_string("@");
+            a.string_object(guid, false);
+        }
+        a.out.push(TAG_END); // NSDictionary
+    }
+    a.out.push(TAG_END); // root
+    a.out
+}
+
+/// A small typedstream writer that keeps the two reference tables, so any
+/// sequence of objects gets correct back-references.
+#[derive(Default)]
+struct Archiver {
+    out: Vec<u8>,
+    strings: Vec<String>,
+    /// Classes by name with their slot in the object table.
+    classes: Vec<(String, usize)>,
+    /// Entries in the object table (classes, objects, C strings).
+    shared: usize,
+}
+
+impl Archiver {
+    fn shared_string(&mut self, s: &str) {
+        if let Some(i) = self.strings.iter().position(|x| x == s) {
+            self.reference(i);
+        } else {
+            self.strings.push(s.to_owned());
+            new_string(&mut self.out, s);
+        }
+    }
+
+    fn reference(&mut self, index: usize) {
+        // Back-references are integers counted from 0x92; larger indexes use the integer forms.
+        let value = index as i64 - 110;
+        if let Ok(byte) = i8::try_from(value)
+            && !(-128..=-111).contains(&byte)
+        {
+            self.out.push(byte.to_le_bytes()[0]);
+        } else if let Ok(short) = i16::try_from(value) {
+            self.out.push(TAG_INT16);
+            self.out.extend_from_slice(&short.to_le_bytes());
+        } else {
+            self.out.push(TAG_INT32);
+            self.out
+                .extend_from_slice(&i32::try_from(value).unwrap_or(i32::MAX).to_le_bytes());
+        }
+    }
+
+    fn new_object(&mut self) {
+        self.out.push(TAG_NEW);
+        self.shared += 1;
+    }
+
+    /// A class chain, most derived first; stops at the first class already archived.
+    fn class_chain(&mut self, chain: &[(&str, u8)]) {
+        for (name, version) in chain {
+            if let Some(&(_, slot)) = self.classes.iter().find(|(n, _)| n == name) {
+                self.reference(slot);
+                return;
+            }
+            self.out.push(TAG_NEW);
+            self.classes.push(((*name).to_owned(), self.shared));
+            self.shared += 1;
+            self.shared_string(name);
+            self.out.push(*version);
+        }
+        self.out.push(TAG_NIL);
+    }
+
+    fn string_object(&mut self, s: &str, mutable: bool) {
+        if mutable {
+            self.shared_string("@");
+        }
+        self.new_object();
+        if mutable {
+            self.class_chain(&[("NSMutableString", 1), ("NSString", 1), ("NSObject", 0)]);
+        } else {
+            self.class_chain(&[("NSString", 1), ("NSObject", 0)]);
+        }
+        self.shared_string("+");
+        push_length(&mut self.out, s.len());
+        self.out.extend_from_slice(s.as_bytes());
+        self.out.push(TAG_END);
+    }
+
+    fn number_object(&mut self, value: usize) {
+        self.new_object();
+        self.class_chain(&[("NSNumber", 0), ("NSValue", 0), ("NSObject", 0)]);
+        self.shared_string("*");
+        self.out.push(TAG_NEW);
+        self.shared += 1;
+        self.shared_string("i");
+        self.shared_string("i");
+        push_length(&mut self.out, value);
+        self.out.push(TAG_END);
+    }
+}
+
 /// A back-reference to table entry `index` (single-byte form; these tables stay small).
 const fn reference(index: u8) -> u8 {
     0x92 + index
@@ -262,5 +418,35 @@ mod tests {
                 .any(|window| window == [0x82, 0x70, 0x11, 0x01, 0x00])
         );
         assert_eq!(decode_text(&body), Ok(text));
+    }
+}
+
+#[cfg(test)]
+mod parts_tests {
+    use super::*;
+    use crate::chatdb::typedstream::decode_body;
+
+    #[test]
+    fn placeholders_come_back_tied_to_their_attachments_in_body_order() {
+        let body = attributed_body_parts(&[
+            BodyPart::Attachment("at_0_BBBB".into()),
+            BodyPart::Text("look at these ".into()),
+            BodyPart::Attachment("at_1_AAAA".into()),
+            BodyPart::Attachment("at_2_CCCC".into()),
+        ]);
+        let decoded = decode_body(&body).expect("decodes");
+        assert_eq!(decoded.text, "\u{FFFC}look at these \u{FFFC}\u{FFFC}");
+        assert_eq!(
+            decoded.attachment_guids,
+            vec!["at_0_BBBB", "at_1_AAAA", "at_2_CCCC"]
+        );
+    }
+
+    #[test]
+    fn a_text_only_body_of_parts_has_no_attachments() {
+        let decoded =
+            decode_body(&attributed_body_parts(&[BodyPart::Text("héllo 😀".into())])).expect("ok");
+        assert_eq!(decoded.text, "héllo 😀");
+        assert!(decoded.attachment_guids.is_empty());
     }
 }

@@ -10,16 +10,34 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::sim::{Simulator, fake_osascript};
+use crate::sim::{Release, Simulator, fake_osascript};
 
 /// Simulator commands (hidden from the main help).
 #[derive(Debug, clap::Subcommand)]
 pub enum SimCommand {
-    /// Create a new chat.db with the macOS 15 Sequoia schema (refuses to overwrite).
+    /// Create a new chat.db (refuses to overwrite).
     Init {
         /// Where to create the database.
         #[arg(long, value_name = "PATH")]
         chat_db: PathBuf,
+        /// Schema of this macOS release: 11, 12, 13, 14, 15, 26 (or its name).
+        #[arg(long, value_name = "RELEASE", default_value = "15")]
+        release: Release,
+    },
+    /// Append a large realistic mix of messages (creates the database if missing).
+    Generate {
+        /// The simulated chat.db.
+        #[arg(long, value_name = "PATH")]
+        chat_db: PathBuf,
+        /// How many message rows to write.
+        #[arg(long, value_name = "N", default_value_t = 100_000)]
+        messages: u64,
+        /// Over how many chats (a tenth of them groups).
+        #[arg(long, value_name = "N", default_value_t = 500)]
+        chats: u64,
+        /// Schema of a new database.
+        #[arg(long, value_name = "RELEASE", default_value = "15")]
+        release: Release,
     },
     /// Write an incoming iMessage, as if HANDLE had texted this Mac; prints its guid.
     Receive {
@@ -32,6 +50,36 @@ pub enum SimCommand {
         /// The message text.
         #[arg(allow_hyphen_values = true)]
         text: String,
+    },
+    /// Benchmark: read a whole database into events vs a bare scan.
+    BenchRead {
+        /// The database (see `sim generate`).
+        #[arg(long, value_name = "PATH")]
+        chat_db: PathBuf,
+    },
+    /// Benchmark: typedstream body decoding throughput.
+    BenchDecode {
+        /// The database (see `sim generate`).
+        #[arg(long, value_name = "PATH")]
+        chat_db: PathBuf,
+        /// Bodies to load.
+        #[arg(long, default_value_t = 200_000)]
+        bodies: usize,
+        /// Passes over them.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+    },
+    /// Benchmark: commit-to-event latency with the real watcher and reader.
+    BenchWakeup {
+        /// An empty folder to work in.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Messages to write.
+        #[arg(long, default_value_t = 10_000)]
+        messages: u32,
+        /// Per second.
+        #[arg(long, default_value_t = 1_000)]
+        rate: u32,
     },
     /// Mark a message delivered (a delivery receipt arrived).
     Deliver {
@@ -65,8 +113,29 @@ pub enum SimCommand {
 /// Runs a simulator command and returns the process exit code.
 pub fn run(cmd: SimCommand) -> anyhow::Result<i32> {
     match cmd {
-        SimCommand::Init { chat_db } => {
-            Simulator::create(&chat_db)?;
+        SimCommand::Init { chat_db, release } => {
+            Simulator::create_release(&chat_db, release)?;
+            Ok(0)
+        }
+        SimCommand::Generate {
+            chat_db,
+            messages,
+            chats,
+            release,
+        } => {
+            let mut sim = if chat_db.exists() {
+                Simulator::open(&chat_db)?
+            } else {
+                Simulator::create_release(&chat_db, release)?
+            };
+            let started = std::time::Instant::now();
+            let made = sim.generate(messages, chats)?;
+            eprintln!(
+                "wrote {} messages over {} chats in {:.1} s",
+                made.messages,
+                made.chats,
+                started.elapsed().as_secs_f64()
+            );
             Ok(0)
         }
         SimCommand::Receive {
@@ -78,6 +147,17 @@ pub fn run(cmd: SimCommand) -> anyhow::Result<i32> {
             println!("{}", message.guid);
             Ok(0)
         }
+        SimCommand::BenchRead { chat_db } => crate::sim::bench::read(&chat_db).map(|()| 0),
+        SimCommand::BenchDecode {
+            chat_db,
+            bodies,
+            rounds,
+        } => crate::sim::bench::decode(&chat_db, bodies, rounds).map(|()| 0),
+        SimCommand::BenchWakeup {
+            dir,
+            messages,
+            rate,
+        } => crate::sim::bench::wakeup(&dir, messages, rate).map(|()| 0),
         SimCommand::Deliver { chat_db, guid } => {
             Simulator::open(&chat_db)?.mark_delivered(&guid)?;
             Ok(0)

@@ -2,8 +2,8 @@
 //!
 //! It takes the real command line the daemon uses, `osascript - <args>...` with
 //! the script on stdin, recognises only whatsnap's own constant scripts, and
-//! then does what Messages would: writes the from-me row through the
-//! [`Simulator`], or fails the way osascript does, with exit status 1 and
+//! then does what Messages would: writes the from-me row as Messages does
+//! ([`sends::SendSim`]), or fails the way osascript does, with exit status 1 and
 //! `<start>:<end>: execution error: <message> (<number>)` on stderr. Nothing
 //! is printed on stdout on success, as with the real scripts.
 //!
@@ -14,6 +14,8 @@
 //!   too few (`Can’t get item 2 of {…}`) and ignore extras; the fake is
 //!   stricter so a daemon bug surfaces, and uses a number that cannot be
 //!   mistaken for "no such chat";
+//! - `-1719` the SMS account is missing (no iPhone forwards texts);
+//! - `-2741` a script in the macOS 13+ dialect run on a simulated 11 or 12;
 //! - `-2740` a script that is not one of whatsnap's (the fake refuses to guess);
 //! - `-600` the simulated Messages cannot be reached (chat.db missing or not a
 //!   chat.db), as osascript says when Messages is not running;
@@ -22,15 +24,101 @@
 //! `WHATSNAP_SIM_OSASCRIPT_LOG`, when set, names a file that gets one JSON
 //! line per recognised call, `{"script": "<name>", "args": [...]}`, written
 //! before acting, so tests can check that arguments arrived byte for byte.
+//!
+//! `WHATSNAP_SIM_OSASCRIPT_CONTROL`, when set, names a JSON file ([`Control`])
+//! read on every call, so a test can make Messages slow, hang, refuse
+//! Automation, run an older or newer macOS, not know a number on iMessage,
+//! have no SMS account, write Tahoe's ghost rows, or accept without writing.
+//! Files sent from outside the Messages folder (the one holding chat.db) are
+//! accepted and then fail with error 25, as Messages' sandbox makes them.
+
+#[path = "sends.rs"]
+pub mod sends;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use crate::send::scripts::{self, Script};
-use crate::sim::writer::{SimError, SimTarget, Simulator};
+use crate::sim::SimError;
+use sends::{SendSim, SimBody, SimOutcome};
 
 /// Environment variable naming the call log (see the module docs).
 pub const LOG_ENV: &str = "WHATSNAP_SIM_OSASCRIPT_LOG";
+
+/// Environment variable naming the control file (see [`Control`]).
+pub const CONTROL_ENV: &str = "WHATSNAP_SIM_OSASCRIPT_CONTROL";
+
+/// How the simulated Messages behaves; every field is optional in the file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Control {
+    /// Wait this long before acting (a slow Messages that still succeeds).
+    pub delay_ms: u64,
+    /// Never answer (until killed): the daemon's timeout must fire.
+    pub hang: bool,
+    /// Write the row, then never answer.
+    pub hang_after_row: bool,
+    /// Fail every call with this AppleScript error number before acting
+    /// (-1743 Automation denied, -1700, -1712 ...).
+    pub fail_code: Option<i64>,
+    /// Accept (exit 0) but write nothing: a send lost inside Messages.
+    pub no_row: bool,
+    /// Write the row as still going out (`is_sent` 0, never finished).
+    pub pending: bool,
+    /// The simulated macOS version (`15.3` when absent); 26 and later write
+    /// Tahoe's `any;-;` GUIDs for new chats.
+    pub macos: Option<String>,
+    /// Handles not registered with iMessage: iMessage sends to them write a
+    /// failed row (error 22), as "Not Delivered".
+    pub not_imessage: Vec<String>,
+    /// No SMS account (no iPhone forwarding texts): SMS scripts fail -1719.
+    pub no_sms: bool,
+    /// Tahoe's group bug: a send to a group chat writes an empty from-me row
+    /// joined to no chat and exits 0.
+    pub ghost_groups: bool,
+    /// Chat GUIDs in chat.db that Messages' live list lacks: -1728.
+    pub unknown_chats: Vec<String>,
+}
+
+impl Control {
+    /// Writes the control file a fake osascript run with [`CONTROL_ENV`] reads.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(path, text)
+    }
+
+    fn load() -> Result<Control, String> {
+        let Some(path) = std::env::var_os(CONTROL_ENV) else {
+            return Ok(Control::default());
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Control::default()),
+            Err(e) => {
+                return Err(execution_error(
+                    &format!("fake osascript: cannot read {CONTROL_ENV} file: {e}"),
+                    -2700,
+                ));
+            }
+        };
+        serde_json::from_str(&text).map_err(|e| {
+            execution_error(
+                &format!("fake osascript: the {CONTROL_ENV} file is not a valid control: {e}"),
+                -2700,
+            )
+        })
+    }
+
+    fn macos_major(&self) -> u32 {
+        self.macos
+            .as_deref()
+            .and_then(scripts::MacosVersion::parse)
+            .map_or(15, |v| v.major)
+    }
+}
 
 /// osascript's own usage line, printed for a command line we do not take.
 const USAGE: &str = "usage: osascript [-l language] [-e script] [-i] [-s {ehso}] \
@@ -67,52 +155,191 @@ fn run_inner(chat_db: &Path, args: &[String], script: &str) -> Result<(), String
     if let Some(log) = std::env::var_os(LOG_ENV) {
         append_log(Path::new(&log), known, script_args)?;
     }
-    let (arguments, target) = match known.name {
+    let control = Control::load()?;
+    if control.delay_ms > 0 {
+        std::thread::sleep(Duration::from_millis(control.delay_ms));
+    }
+    if control.hang {
+        hang();
+    }
+    if let Some(code) = control.fail_code {
+        return Err(canned_error(code));
+    }
+    if known.name == scripts::PROBE_MESSAGES.name {
         // Automation granted, Messages answers its name.
-        n if n == scripts::PROBE_MESSAGES.name => return Ok(()),
-        n if n == scripts::SEND_TO_CHAT.name => ("text, chat guid", Target::Chat),
-        n if n == scripts::SEND_TO_HANDLE.name => ("text, handle", Target::Handle),
+        return Ok(());
+    }
+    let Some(shape) = Shape::of(known) else {
         // A script added to scripts::ALL without teaching the fake about it.
-        other => {
-            return Err(execution_error(
-                &format!("fake osascript: no simulation for script {other}"),
-                -2700,
-            ));
-        }
+        return Err(execution_error(
+            &format!("fake osascript: no simulation for script {}", known.name),
+            -2700,
+        ));
     };
-    let [text, address] = script_args else {
+    let [data, address] = script_args else {
         return Err(execution_error(
             &format!(
-                "fake osascript: {} takes 2 arguments ({arguments}), got {}.",
+                "fake osascript: {} takes 2 arguments ({}, {}), got {}.",
                 known.name,
+                if shape.file { "path" } else { "text" },
+                if shape.to_chat { "chat guid" } else { "handle" },
                 script_args.len()
             ),
             -1700,
         ));
     };
-    let mut sim = Simulator::open(chat_db).map_err(|e| unreachable_messages(&e))?;
-    let sim_target = match target {
-        Target::Chat => SimTarget::Chat(address.clone()),
-        Target::Handle => SimTarget::Handle(address.clone()),
+    let major = control.macos_major();
+    if shape.ventura_dialect && major < 13 {
+        return Err(format!(
+            "0:0: syntax error: Expected class name but found identifier. (-2741) \
+             [fake osascript: {} uses the macOS 13 dictionary; this Messages is macOS {major}]",
+            known.name
+        ));
+    }
+    let mut sim = SendSim::open(chat_db).map_err(|e| unreachable_messages(&e))?;
+    let messages_dir = chat_db.parent().unwrap_or_else(|| Path::new("."));
+    let file_path = PathBuf::from(data);
+    let body = if shape.file {
+        if !file_path.is_absolute() || !file_path.is_file() {
+            return Err(execution_error(
+                &format!("Messages got an error: File {data} wasn’t found."),
+                -43,
+            ));
+        }
+        SimBody::File(&file_path)
+    } else {
+        SimBody::Text(data)
     };
-    match sim.send_from_me(&sim_target, text) {
-        Ok(_) => Ok(()),
-        Err(SimError::NoSuchChat { guid }) => Err(execution_error(
-            &format!("Messages got an error: Can’t get chat id \"{guid}\"."),
-            -1728,
-        )),
-        Err(SimError::BadHandle { handle }) => Err(execution_error(
-            &format!("Messages got an error: Can’t get participant id \"{handle}\"."),
-            -1728,
-        )),
-        Err(other) => Err(execution_error(&format!("fake osascript: {other}"), -2700)),
+    // Messages' sandbox: a file outside its folder is accepted, then fails.
+    let sandboxed = shape.file && !file_path.starts_with(messages_dir);
+    let outcome = |service: &str, handle: Option<&str>| {
+        if sandboxed {
+            SimOutcome::failed(25)
+        } else if service == "iMessage"
+            && handle.is_some_and(|h| control.not_imessage.iter().any(|n| n == h))
+        {
+            SimOutcome::failed(22)
+        } else if control.pending {
+            SimOutcome::PENDING
+        } else {
+            SimOutcome::SENT
+        }
+    };
+    if control.no_row {
+        return Ok(());
+    }
+    let written = if shape.to_chat {
+        if control.unknown_chats.iter().any(|c| c == address) {
+            return Err(no_such_chat(address));
+        }
+        let Some((service, direct)) = sim.chat(address).map_err(|e| fake_error(&e))? else {
+            return Err(no_such_chat(address));
+        };
+        if control.ghost_groups && !direct {
+            sim.ghost("+10000000000").map_err(|e| fake_error(&e))?;
+            return Ok(());
+        }
+        let handle = sim.direct_handle(address).map_err(|e| fake_error(&e))?;
+        let outcome = outcome(&service, handle.as_deref());
+        sim.send_to_chat(address, body, None, outcome)
+    } else {
+        if shape.sms && control.no_sms {
+            return Err(execution_error(
+                "Messages got an error: Can’t get account 1 whose service type = SMS. Invalid index.",
+                -1719,
+            ));
+        }
+        if !valid_handle(address) {
+            return Err(execution_error(
+                &format!("Messages got an error: Can’t get participant id \"{address}\"."),
+                -1728,
+            ));
+        }
+        let service = if shape.sms { "SMS" } else { "iMessage" };
+        sim.send_to_handle(
+            address,
+            service,
+            major >= 26,
+            body,
+            outcome(service, Some(address)),
+        )
+    };
+    written.map_err(|e| fake_error(&e))?;
+    if control.hang_after_row {
+        hang();
+    }
+    Ok(())
+}
+
+/// What a send script does, read from its name.
+struct Shape {
+    to_chat: bool,
+    file: bool,
+    sms: bool,
+    ventura_dialect: bool,
+}
+
+impl Shape {
+    fn of(script: Script) -> Option<Shape> {
+        let name = script.name;
+        if !name.starts_with("send_") {
+            return None;
+        }
+        Some(Shape {
+            to_chat: name.ends_with("_to_chat"),
+            file: name.contains("file"),
+            sms: name.contains("sms"),
+            ventura_dialect: !name.ends_with("_to_chat") && !name.ends_with("_bigsur"),
+        })
     }
 }
 
-#[derive(Clone, Copy)]
-enum Target {
-    Chat,
-    Handle,
+fn hang() -> ! {
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// The stderr real osascript prints for the numbers tests ask for.
+fn canned_error(code: i64) -> String {
+    let text = match code {
+        -1743 => "Not authorized to send Apple events to Messages.".to_owned(),
+        -1700 => "Messages got an error: Can’t make any into type constant.".to_owned(),
+        -1712 => "Messages got an error: AppleEvent timed out.".to_owned(),
+        -609 => "Messages got an error: Connection is invalid.".to_owned(),
+        -600 => "Messages got an error: Application isn’t running.".to_owned(),
+        other => format!("fake osascript: failing as told with {other}."),
+    };
+    format!("0:0: execution error: {text} ({code})")
+}
+
+fn no_such_chat(guid: &str) -> String {
+    execution_error(
+        &format!("Messages got an error: Can’t get chat id \"{guid}\"."),
+        -1728,
+    )
+}
+
+fn fake_error(err: &SimError) -> String {
+    match err {
+        SimError::NoSuchChat { guid } => no_such_chat(guid),
+        other => execution_error(&format!("fake osascript: {other}"), -2700),
+    }
+}
+
+/// `+` and 1-15 digits, or an email address: what Messages takes.
+fn valid_handle(handle: &str) -> bool {
+    let phone = handle
+        .strip_prefix('+')
+        .is_some_and(|d| (1..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()));
+    let email = handle.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty()
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !handle.chars().any(|c| c.is_whitespace() || c.is_control())
+    });
+    phone || email
 }
 
 /// osascript's error line. The character range is 0:0 because the fake has
@@ -211,6 +438,7 @@ fn sh_quote(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::Simulator;
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| (*s).to_owned()).collect()

@@ -1,16 +1,109 @@
-//! The chat.db schema the simulator creates: macOS 15 Sequoia, freshly made.
+//! The chat.db schemas the simulator creates: one per macOS release from 11
+//! Big Sur to 26 Tahoe, each freshly made.
 //!
-//! The DDL lives in `fixtures/schema/macos15-sequoia.sql` (written by us from
-//! the schema facts, not copied from a dump) and is embedded here so the
-//! binary can create a database anywhere. The tests check it column for column
-//! against the real Sequoia dumps in the shared reference folder when that
-//! folder is present, so a typo in a type or default cannot slip in.
+//! The DDL lives in `fixtures/schema/macos*.sql` (written by us from the
+//! schema facts and the column history, not copied from a dump) and is
+//! embedded here so the binary can create a database anywhere. The tests check
+//! them column for column against the public dumps in the shared reference
+//! folder when that folder is present, so a typo in a type or default cannot
+//! slip in.
 
 /// DDL and initial rows of a fresh macOS 15 Sequoia chat.db.
 pub const SEQUOIA_SQL: &str = include_str!("../../fixtures/schema/macos15-sequoia.sql");
 
 /// `_SqliteDatabaseProperties._ClientVersion` of the Sequoia schema.
 pub const SEQUOIA_CLIENT_VERSION: &str = "18020";
+
+/// A macOS release whose chat.db schema the simulator can create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Release {
+    /// macOS 11 Big Sur.
+    BigSur,
+    /// macOS 12 Monterey.
+    Monterey,
+    /// macOS 13.0 Ventura (edits and unsends appear).
+    Ventura,
+    /// macOS 14 Sonoma.
+    Sonoma,
+    /// macOS 15 Sequoia (emoji tapbacks, RCS).
+    Sequoia,
+    /// macOS 26 Tahoe (`any;` chat GUIDs).
+    Tahoe,
+}
+
+impl Release {
+    /// Every release, oldest first.
+    pub const ALL: [Release; 6] = [
+        Release::BigSur,
+        Release::Monterey,
+        Release::Ventura,
+        Release::Sonoma,
+        Release::Sequoia,
+        Release::Tahoe,
+    ];
+
+    /// The DDL and initial rows of a fresh database of this release.
+    pub fn sql(self) -> &'static str {
+        match self {
+            Release::BigSur => include_str!("../../fixtures/schema/macos11-bigsur.sql"),
+            Release::Monterey => include_str!("../../fixtures/schema/macos12-monterey.sql"),
+            Release::Ventura => include_str!("../../fixtures/schema/macos13-ventura.sql"),
+            Release::Sonoma => include_str!("../../fixtures/schema/macos14-sonoma.sql"),
+            Release::Sequoia => SEQUOIA_SQL,
+            Release::Tahoe => include_str!("../../fixtures/schema/macos26-tahoe.sql"),
+        }
+    }
+
+    /// The fixture's file stem, e.g. `macos15-sequoia`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Release::BigSur => "macos11-bigsur",
+            Release::Monterey => "macos12-monterey",
+            Release::Ventura => "macos13-ventura",
+            Release::Sonoma => "macos14-sonoma",
+            Release::Sequoia => "macos15-sequoia",
+            Release::Tahoe => "macos26-tahoe",
+        }
+    }
+
+    /// The prefix Messages puts on new chat GUIDs: the service up to
+    /// Sequoia, `any` from Tahoe on (reference section 15).
+    pub fn chat_guid_prefix(self, service: &str) -> String {
+        match self {
+            Release::Tahoe => "any".to_owned(),
+            _ => service.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Release {
+    type Err = String;
+
+    /// Accepts `11`, `bigsur`, `macos11-bigsur`, `big-sur`, ... case-insensitively.
+    fn from_str(s: &str) -> Result<Release, String> {
+        let lower = s.to_ascii_lowercase().replace(['-', '_', ' '], "");
+        for release in Release::ALL {
+            let name = release.name().replace('-', "");
+            let (number, word) = name.trim_start_matches("macos").split_at(2);
+            if lower == name
+                || lower == number
+                || lower == word
+                || lower == format!("macos{number}")
+            {
+                return Ok(release);
+            }
+        }
+        Err(format!(
+            "unknown macOS release {s:?}; use one of 11, 12, 13, 14, 15, 26 (or bigsur, monterey, ventura, sonoma, sequoia, tahoe)"
+        ))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -8,15 +8,17 @@
 //! `chat.db-wal` exactly as they do while Messages is running; a reader that
 //! only looked at `chat.db` would miss them here too.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::config::DbConfig;
+use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::apple_time::now_apple_nanos;
 use crate::sim::body::attributed_body;
-use crate::sim::schema::SEQUOIA_SQL;
+use crate::sim::schema::Release;
 
 /// The Mac user's own Apple ID unless the caller picks another.
 pub const DEFAULT_OWN_ADDRESS: &str = "me@icloud.example";
@@ -30,6 +32,9 @@ const IMESSAGE: &str = "iMessage";
 
 /// `chat.style` of a one-to-one chat (ASCII `-`, as in the guid).
 const STYLE_ONE_TO_ONE: i64 = 45;
+
+/// `chat.style` of a group chat (ASCII `+`).
+const STYLE_GROUP: i64 = 43;
 
 /// `message.version` on rows written by current releases.
 const MESSAGE_VERSION: i64 = 10;
@@ -132,20 +137,28 @@ pub struct SimMessage {
 }
 
 /// A writer of chat.db that behaves like Messages.
+///
+/// Its fields are visible to the sibling modules (`sends.rs`, `kinds.rs`, ...)
+/// that add their own `impl Simulator` blocks.
 #[derive(Debug)]
 pub struct Simulator {
-    conn: Connection,
-    me: Writer,
+    pub(crate) conn: Connection,
+    pub(crate) me: Writer,
 }
 
 /// Who writes and where: everything a row needs besides the connection, kept
 /// apart from it so a transaction (which borrows the connection) can be used
 /// alongside.
 #[derive(Debug)]
-struct Writer {
-    path: PathBuf,
-    own_address: String,
-    account_guid: String,
+pub(crate) struct Writer {
+    pub(crate) path: PathBuf,
+    pub(crate) own_address: String,
+    pub(crate) account_guid: String,
+    /// Columns of each table, probed at open: rows are written with only the
+    /// columns this release has, as Messages of that release would.
+    pub(crate) cols: HashMap<String, HashSet<String>>,
+    /// New chats get `any;` GUIDs (Tahoe and later), else the service prefix.
+    pub(crate) any_prefix: bool,
 }
 
 /// The values that differ between an incoming and a from-me row.
@@ -157,15 +170,27 @@ struct NewMessage<'a> {
 }
 
 /// A chat as far as sending needs it.
-struct ChatRow {
-    rowid: i64,
-    guid: String,
+#[derive(Debug, Clone)]
+pub(crate) struct ChatRow {
+    pub(crate) rowid: i64,
+    pub(crate) guid: String,
 }
 
 impl Simulator {
     /// Creates a new chat.db at `path` with the macOS 15 Sequoia schema, in WAL
     /// mode. Refuses to touch an existing file.
     pub fn create(path: &Path) -> Result<Simulator, SimError> {
+        Self::create_release(path, Release::Sequoia)
+    }
+
+    /// Creates a new chat.db with the schema of `release`.
+    pub fn create_release(path: &Path, release: Release) -> Result<Simulator, SimError> {
+        Self::create_with_sql(path, release.sql())
+    }
+
+    /// Creates a new chat.db from any schema SQL, e.g. a `sqlite3 .schema`
+    /// dump of a real Mac; SQLite's own tables in it are skipped.
+    pub fn create_with_sql(path: &Path, sql: &str) -> Result<Simulator, SimError> {
         // create_new makes "exists" and "create" one atomic step; SQLite then
         // treats the empty file as an empty database.
         std::fs::OpenOptions::new()
@@ -181,7 +206,7 @@ impl Simulator {
                     source,
                 },
             })?;
-        let result = Self::initialise(path);
+        let result = Self::initialise(path, &strip_internal_tables(sql));
         if result.is_err() {
             // Leave nothing half-made behind; the error says what failed.
             for suffix in ["", "-wal", "-shm"] {
@@ -193,7 +218,7 @@ impl Simulator {
         result
     }
 
-    fn initialise(path: &Path) -> Result<Simulator, SimError> {
+    fn initialise(path: &Path, sql: &str) -> Result<Simulator, SimError> {
         let open_err = |source| SimError::Open {
             path: path.to_owned(),
             source,
@@ -215,11 +240,12 @@ impl Simulator {
             });
         }
         configure(&conn).map_err(open_err)?;
-        let mut sim = Simulator::with_connection(conn, path);
-        let tx = begin(&mut sim.conn, &sim.me)?;
-        tx.execute_batch(SEQUOIA_SQL)
-            .map_err(|e| sim.me.write_err(e))?;
-        tx.commit().map_err(|e| sim.me.write_err(e))?;
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; COMMIT;"))
+            .map_err(|source| SimError::Write {
+                path: path.to_owned(),
+                source,
+            })?;
+        let mut sim = Simulator::with_connection(conn, path).map_err(open_err)?;
         // The schema goes into chat.db itself, as on a Mac where Messages has
         // long since checkpointed it; only messages written from here on wait
         // in the WAL.
@@ -258,18 +284,38 @@ impl Simulator {
                 path: path.to_owned(),
             });
         }
-        Ok(Simulator::with_connection(conn, path))
+        Simulator::with_connection(conn, path).map_err(open_err)
     }
 
-    fn with_connection(conn: Connection, path: &Path) -> Simulator {
-        Simulator {
+    fn with_connection(conn: Connection, path: &Path) -> rusqlite::Result<Simulator> {
+        let mut cols: HashMap<String, HashSet<String>> = HashMap::new();
+        {
+            let mut stmt = conn.prepare(
+                "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p \
+                 WHERE m.type = 'table'",
+            )?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+            for row in rows {
+                let (table, col) = row?;
+                cols.entry(table).or_default().insert(col);
+            }
+        }
+        // Tahoe is the first release whose message table has is_time_sensitive,
+        // and the first that names new chats `any;...`.
+        let any_prefix = cols
+            .get("message")
+            .is_some_and(|c| c.contains("is_time_sensitive"));
+        Ok(Simulator {
             conn,
             me: Writer {
                 path: path.to_owned(),
                 own_address: DEFAULT_OWN_ADDRESS.to_owned(),
                 account_guid: DEFAULT_ACCOUNT_GUID.to_owned(),
+                cols,
+                any_prefix,
             },
-        }
+        })
     }
 
     /// Uses `address` as the Mac user's own Apple ID from now on.
@@ -366,17 +412,73 @@ impl Simulator {
     }
 }
 
+/// A schema dump without SQLite's own tables (`sqlite_sequence`,
+/// `sqlite_stat1`), which cannot be created by hand, and without comments.
+pub fn strip_internal_tables(sql: &str) -> String {
+    let mut kept = String::with_capacity(sql.len());
+    let mut skipping = false;
+    for line in sql.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("--") {
+            continue;
+        }
+        if trimmed.starts_with("CREATE TABLE sqlite_") {
+            skipping = true;
+        }
+        if !skipping {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+        if skipping && trimmed.ends_with(';') {
+            skipping = false;
+        }
+    }
+    kept
+}
+
 /// An IMMEDIATE transaction: takes the write lock up front, so the
 /// find-or-create steps cannot race another simulator process.
-fn begin<'c>(conn: &'c mut Connection, me: &Writer) -> Result<Transaction<'c>, SimError> {
+pub(crate) fn begin<'c>(
+    conn: &'c mut Connection,
+    me: &Writer,
+) -> Result<Transaction<'c>, SimError> {
     conn.transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| me.write_err(e))
 }
 
 impl Writer {
+    /// Whether `table` has `col` in this database.
+    pub(crate) fn has(&self, table: &str, col: &str) -> bool {
+        self.cols.get(table).is_some_and(|c| c.contains(col))
+    }
+
+    /// Inserts a row with those of `values` whose columns exist in this
+    /// release; returns its ROWID.
+    pub(crate) fn insert_row(
+        &self,
+        tx: &Connection,
+        table: &str,
+        values: &[(&str, Value)],
+    ) -> Result<i64, SimError> {
+        let kept: Vec<&(&str, Value)> = values.iter().filter(|(c, _)| self.has(table, c)).collect();
+        let names: Vec<&str> = kept.iter().map(|(c, _)| *c).collect();
+        let marks: Vec<String> = (1..=kept.len()).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES ({})",
+            names.join(", "),
+            marks.join(", ")
+        );
+        tx.prepare_cached(&sql)
+            .and_then(|mut stmt| {
+                stmt.execute(rusqlite::params_from_iter(kept.iter().map(|(_, v)| v)))
+            })
+            .map_err(|e| self.write_err(e))?;
+        Ok(tx.last_insert_rowid())
+    }
+
     /// `message.account` / `chat.account_login`: `E:` and an email, or `P:`
     /// and a phone number.
-    fn account(&self) -> String {
+    pub(crate) fn account(&self) -> String {
         let prefix = if self.own_address.starts_with('+') {
             "P"
         } else {
@@ -385,18 +487,33 @@ impl Writer {
         format!("{prefix}:{}", self.own_address)
     }
 
-    fn write_err(&self, source: rusqlite::Error) -> SimError {
+    pub(crate) fn write_err(&self, source: rusqlite::Error) -> SimError {
         SimError::Write {
             path: self.path.clone(),
             source,
         }
     }
 
-    fn find_or_create_handle(&self, tx: &Transaction<'_>, address: &str) -> Result<i64, SimError> {
+    pub(crate) fn find_or_create_handle(
+        &self,
+        tx: &Connection,
+        address: &str,
+    ) -> Result<i64, SimError> {
+        self.find_or_create_handle_on(tx, address, IMESSAGE)
+    }
+
+    /// The `handle` row of `address` on `service` (one row per address and
+    /// service, `UNIQUE(id, service)`), made if missing.
+    pub(crate) fn find_or_create_handle_on(
+        &self,
+        tx: &Connection,
+        address: &str,
+        service: &str,
+    ) -> Result<i64, SimError> {
         let found: Option<i64> = tx
             .query_row(
                 "SELECT ROWID FROM handle WHERE id = ?1 AND service = ?2",
-                [address, IMESSAGE],
+                [address, service],
                 |r| r.get(0),
             )
             .optional()
@@ -407,66 +524,108 @@ impl Writer {
         // Phone handles carry the account's country; email handles have none
         // to derive, so the column stays NULL.
         let country = address.starts_with('+').then_some("us");
-        tx.execute(
-            "INSERT INTO handle (id, country, service, uncanonicalized_id, person_centric_id) \
-             VALUES (?1, ?2, ?3, NULL, NULL)",
-            rusqlite::params![address, country, IMESSAGE],
+        self.insert_row(
+            tx,
+            "handle",
+            &[
+                ("id", Value::Text(address.to_owned())),
+                (
+                    "country",
+                    country.map_or(Value::Null, |c| Value::Text(c.into())),
+                ),
+                ("service", Value::Text(service.to_owned())),
+                ("uncanonicalized_id", Value::Null),
+                ("person_centric_id", Value::Null),
+            ],
         )
-        .map_err(|e| self.write_err(e))?;
-        Ok(tx.last_insert_rowid())
     }
 
-    fn find_or_create_one_to_one(
+    /// The chat GUID Messages of this release gives a new chat.
+    pub(crate) fn chat_guid(&self, service: &str, kind: char, identifier: &str) -> String {
+        let prefix = if self.any_prefix { "any" } else { service };
+        format!("{prefix};{kind};{identifier}")
+    }
+
+    pub(crate) fn find_or_create_one_to_one(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         address: &str,
         handle_id: i64,
     ) -> Result<ChatRow, SimError> {
-        let guid = format!("{IMESSAGE};-;{address}");
-        let found: Option<i64> = tx
-            .query_row("SELECT ROWID FROM chat WHERE guid = ?1", [&guid], |r| {
-                r.get(0)
-            })
+        self.find_or_create_chat(tx, IMESSAGE, None, address, &[handle_id], None)
+    }
+
+    /// A chat by identifier and service, made if missing, with `members` as
+    /// participants. `group` is `Some(room name)` for groups.
+    pub(crate) fn find_or_create_chat(
+        &self,
+        tx: &Connection,
+        service: &str,
+        group: Option<&str>,
+        identifier: &str,
+        members: &[i64],
+        display_name: Option<&str>,
+    ) -> Result<ChatRow, SimError> {
+        let style = if group.is_some() {
+            STYLE_GROUP
+        } else {
+            STYLE_ONE_TO_ONE
+        };
+        let found: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT ROWID, guid FROM chat WHERE chat_identifier = ?1 AND style = ?2 \
+                 AND (service_name = ?3 OR guid LIKE 'any;%') ORDER BY ROWID LIMIT 1",
+                rusqlite::params![identifier, style, service],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .optional()
             .map_err(|e| self.write_err(e))?;
-        let rowid = match found {
-            Some(rowid) => rowid,
+        let (rowid, guid) = match found {
+            Some(found) => found,
             None => {
-                // state 3 and successful_query 1 are what one-to-one chats
-                // show on a Mac; room_name stays NULL (groups only), which
-                // keeps cache_roomnames NULL through the join trigger.
-                tx.execute(
-                    "INSERT INTO chat (guid, style, state, account_id, properties, \
-                       chat_identifier, service_name, room_name, account_login, is_archived, \
-                       last_addressed_handle, display_name, group_id, is_filtered, \
-                       successful_query) \
-                     VALUES (?1, ?2, 3, ?3, NULL, ?4, ?5, NULL, ?6, 0, ?7, '', ?8, 0, 1)",
-                    rusqlite::params![
-                        guid,
-                        STYLE_ONE_TO_ONE,
-                        self.account_guid,
-                        address,
-                        IMESSAGE,
-                        self.account(),
-                        self.own_address,
-                        new_guid(),
+                let guid =
+                    self.chat_guid(service, if group.is_some() { '+' } else { '-' }, identifier);
+                // state 3 and successful_query 1 are what chats show on a
+                // Mac; room_name is set for groups only, which keeps
+                // cache_roomnames NULL for one-to-one rows through the trigger.
+                let text = |s: &str| Value::Text(s.to_owned());
+                let rowid = self.insert_row(
+                    tx,
+                    "chat",
+                    &[
+                        ("guid", text(&guid)),
+                        ("style", Value::Integer(style)),
+                        ("state", Value::Integer(3)),
+                        ("account_id", text(&self.account_guid)),
+                        ("properties", Value::Null),
+                        ("chat_identifier", text(identifier)),
+                        ("service_name", text(service)),
+                        ("room_name", group.map_or(Value::Null, text)),
+                        ("account_login", text(&self.account())),
+                        ("is_archived", Value::Integer(0)),
+                        ("last_addressed_handle", text(&self.own_address)),
+                        ("display_name", text(display_name.unwrap_or(""))),
+                        ("group_id", text(&new_guid())),
+                        ("is_filtered", Value::Integer(0)),
+                        ("successful_query", Value::Integer(1)),
                     ],
-                )
-                .map_err(|e| self.write_err(e))?;
-                tx.last_insert_rowid()
+                )?;
+                (rowid, guid)
             }
         };
-        tx.execute(
-            "INSERT OR IGNORE INTO chat_handle_join (chat_id, handle_id) VALUES (?1, ?2)",
-            [rowid, handle_id],
-        )
-        .map_err(|e| self.write_err(e))?;
+        for handle_id in members {
+            tx.execute(
+                "INSERT OR IGNORE INTO chat_handle_join (chat_id, handle_id) VALUES (?1, ?2)",
+                [rowid, *handle_id],
+            )
+            .map_err(|e| self.write_err(e))?;
+        }
         Ok(ChatRow { rowid, guid })
     }
 
     /// The chat with exactly this guid, the handle a from-me row names (the
     /// other person in a one-to-one chat, 0 in a group) and its service.
-    fn existing_chat(
+    pub(crate) fn existing_chat(
         &self,
         tx: &Transaction<'_>,
         guid: &str,
@@ -510,53 +669,127 @@ impl Writer {
 
     fn insert_message(
         &self,
-        tx: &Transaction<'_>,
+        tx: &Connection,
         chat: &ChatRow,
         message: &NewMessage<'_>,
     ) -> Result<SimMessage, SimError> {
-        let guid = new_guid();
-        let date = now_apple_nanos();
-        // Incoming rows arrive delivered and finished; from-me rows are
-        // written once the network accepted them (sent, finished) and wait for
-        // a delivery receipt. `text` stays NULL: since Ventura the body of
-        // most rows is only in attributedBody, and a reader must cope.
-        // Unset dates are 0, not NULL, as Messages writes them.
         let from_me = i64::from(message.is_from_me);
-        tx.execute(
-            "INSERT INTO message (guid, text, handle_id, attributedBody, version, service, \
-               account, account_guid, date, date_read, date_delivered, is_delivered, \
-               is_finished, is_from_me, is_read, is_sent, date_played, destination_caller_id, \
-               part_count) \
-             VALUES (?1, NULL, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, 0, ?9, 1, ?10, 0, ?11, 0, ?12, 1)",
-            rusqlite::params![
-                guid,
-                message.handle_id,
-                attributed_body(message.text),
-                MESSAGE_VERSION,
-                message.service,
-                self.account(),
-                self.account_guid,
-                date,
-                1 - from_me,
-                from_me,
-                from_me,
-                self.own_address,
+        let row = MessageSpec {
+            handle_id: message.handle_id,
+            service: message.service.to_owned(),
+            body: Some(attributed_body(message.text)),
+            is_from_me: message.is_from_me,
+            is_delivered: 1 - from_me,
+            is_read: 0,
+            is_sent: from_me,
+            ..MessageSpec::default()
+        };
+        self.insert_full(tx, Some(chat), &row)
+    }
+
+    /// Writes one `message` row (and its chat join when `chat` is given).
+    /// Unset dates are 0, not NULL, as Messages writes them; `text` stays
+    /// NULL unless asked for, as on Ventura and later.
+    pub(crate) fn insert_full(
+        &self,
+        tx: &Connection,
+        chat: Option<&ChatRow>,
+        m: &MessageSpec,
+    ) -> Result<SimMessage, SimError> {
+        let guid = m.guid.clone().unwrap_or_else(new_guid);
+        let date = m.date.unwrap_or_else(now_apple_nanos);
+        let text = |s: &str| Value::Text(s.to_owned());
+        let opt = |s: &Option<String>| s.as_deref().map_or(Value::Null, text);
+        let int = Value::Integer;
+        let rowid = self.insert_row(
+            tx,
+            "message",
+            &[
+                ("guid", text(&guid)),
+                ("text", opt(&m.text)),
+                ("handle_id", int(m.handle_id)),
+                ("subject", opt(&m.subject)),
+                (
+                    "attributedBody",
+                    m.body.clone().map_or(Value::Null, Value::Blob),
+                ),
+                ("version", int(MESSAGE_VERSION)),
+                ("service", text(&m.service)),
+                ("account", text(&self.account())),
+                ("account_guid", text(&self.account_guid)),
+                ("date", int(date)),
+                ("date_read", int(0)),
+                ("date_delivered", int(0)),
+                ("is_delivered", int(m.is_delivered)),
+                ("is_finished", int(1)),
+                ("is_from_me", int(i64::from(m.is_from_me))),
+                ("is_read", int(m.is_read)),
+                ("is_sent", int(m.is_sent)),
+                ("is_audio_message", int(i64::from(m.is_audio))),
+                ("date_played", int(0)),
+                ("item_type", int(m.item_type)),
+                ("other_handle", int(m.other_handle)),
+                ("group_title", opt(&m.group_title)),
+                ("group_action_type", int(m.group_action_type)),
+                ("associated_message_guid", opt(&m.associated_guid)),
+                ("associated_message_type", int(m.associated_type)),
+                ("associated_message_emoji", opt(&m.associated_emoji)),
+                ("balloon_bundle_id", opt(&m.balloon_bundle_id)),
+                (
+                    "payload_data",
+                    m.payload.clone().map_or(Value::Null, Value::Blob),
+                ),
+                ("thread_originator_guid", opt(&m.thread_originator_guid)),
+                ("thread_originator_part", opt(&m.thread_originator_part)),
+                ("destination_caller_id", text(&self.own_address)),
+                ("error", int(m.error)),
+                ("part_count", int(1)),
             ],
-        )
-        .map_err(|e| self.write_err(e))?;
-        let rowid = tx.last_insert_rowid();
-        tx.execute(
-            "INSERT INTO chat_message_join (chat_id, message_id, message_date) \
-             VALUES (?1, ?2, ?3)",
-            [chat.rowid, rowid, date],
-        )
-        .map_err(|e| self.write_err(e))?;
+        )?;
+        if let Some(chat) = chat {
+            tx.execute(
+                "INSERT INTO chat_message_join (chat_id, message_id, message_date) \
+                 VALUES (?1, ?2, ?3)",
+                [chat.rowid, rowid, date],
+            )
+            .map_err(|e| self.write_err(e))?;
+        }
         Ok(SimMessage {
             rowid,
             guid,
-            chat_guid: chat.guid.clone(),
+            chat_guid: chat.map(|c| c.guid.clone()).unwrap_or_default(),
         })
     }
+}
+
+/// Every column the simulator may set on a new `message` row; columns a
+/// release lacks are dropped by [`Writer::insert_row`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MessageSpec {
+    pub(crate) guid: Option<String>,
+    pub(crate) handle_id: i64,
+    pub(crate) service: String,
+    pub(crate) text: Option<String>,
+    pub(crate) subject: Option<String>,
+    pub(crate) body: Option<Vec<u8>>,
+    pub(crate) is_from_me: bool,
+    pub(crate) is_delivered: i64,
+    pub(crate) is_read: i64,
+    pub(crate) is_sent: i64,
+    pub(crate) is_audio: bool,
+    pub(crate) date: Option<i64>,
+    pub(crate) item_type: i64,
+    pub(crate) other_handle: i64,
+    pub(crate) group_title: Option<String>,
+    pub(crate) group_action_type: i64,
+    pub(crate) associated_guid: Option<String>,
+    pub(crate) associated_type: i64,
+    pub(crate) associated_emoji: Option<String>,
+    pub(crate) balloon_bundle_id: Option<String>,
+    pub(crate) payload: Option<Vec<u8>>,
+    pub(crate) thread_originator_guid: Option<String>,
+    pub(crate) thread_originator_part: Option<String>,
+    pub(crate) error: i64,
 }
 
 /// Per-connection settings, applied to every connection the simulator opens.
@@ -571,13 +804,13 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// A message/chat guid as Messages makes them: an uppercase UUID v4.
-fn new_guid() -> String {
+pub(crate) fn new_guid() -> String {
     uuid::Uuid::new_v4().hyphenated().to_string().to_uppercase()
 }
 
 /// Accepts what Messages stores in `handle.id`: `+` and 1-15 digits (E.164),
 /// or an email address.
-fn check_handle(handle: &str) -> Result<(), SimError> {
+pub(crate) fn check_handle(handle: &str) -> Result<(), SimError> {
     let phone = handle.strip_prefix('+').is_some_and(|digits| {
         (1..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
     });

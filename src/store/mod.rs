@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::Value;
-use whatsnap_proto::frame::{Body, CmdSend, SendResult};
+use whatsnap_proto::frame::{Body, CmdSend, SendResult, SettingsApplied, SettingsData};
 
 pub use sends::{SendPhase, SendRecord, send_event_key};
 
@@ -246,17 +246,95 @@ impl Store {
         Ok((epoch, Self::meta_u64(&conn, "commands_acked_upto")?))
     }
 
-    /// Adopts the service's command epoch; a new epoch restarts the count
-    /// (the `client_msg_id` key still keeps replays from sending twice).
+    /// Adopts the service's command epoch. A new epoch forgets the count
+    /// altogether: the first command of an unfamiliar epoch sets the start
+    /// (protocol 4.2 rule 1), because the service may resend from any seq
+    /// (e.g. 46 when the rows up to 45 were acked by storage this daemon
+    /// lost). The `client_msg_id` key keeps such replays from sending twice.
     pub fn adopt_commands_epoch(&self, epoch: &str) -> Result<()> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         if Self::meta(&tx, "commands_epoch")?.as_deref() != Some(epoch) {
             Self::set_meta(&tx, "commands_epoch", epoch)?;
-            Self::set_meta(&tx, "commands_acked_upto", "0")?;
+            tx.execute("DELETE FROM meta WHERE key = 'commands_acked_upto'", [])?;
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The settings in force (version 0 and no values before the first).
+    pub fn settings(&self) -> Result<SettingsData> {
+        let conn = self.lock();
+        Ok(Self::meta(&conn, "settings")?
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or(SettingsData {
+                version: 0,
+                values: serde_json::Map::new(),
+            }))
+    }
+
+    /// Applies a settings version: from a durable `settings` command (`seq`)
+    /// or from `welcome` (`None`). A newer version is stored together with its
+    /// `settings.applied` event (carrying `errors`, the keys refused) and, for
+    /// a command, the new command high-water mark, in one transaction.
+    /// `Queued` means the settings changed.
+    pub fn accept_settings(
+        &self,
+        seq: Option<u64>,
+        data: &SettingsData,
+        errors: serde_json::Map<String, Value>,
+    ) -> Result<Accepted> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(seq) = seq
+            && let Some(refusal) = Self::check_command_seq(&tx, seq)?
+        {
+            return Ok(refusal);
+        }
+        let current: u64 = Self::meta(&tx, "settings")?
+            .and_then(|json| serde_json::from_str::<SettingsData>(&json).ok())
+            .map_or(0, |s| s.version);
+        let mut outcome = Accepted::Duplicate;
+        if data.version > current {
+            let json = serde_json::to_string(data).map_err(|e| StoreError::Corrupt {
+                kind: "settings",
+                detail: e.to_string(),
+            })?;
+            Self::set_meta(&tx, "settings", &json)?;
+            Self::append_in(
+                &tx,
+                vec![(
+                    format!("settings:{}", data.version),
+                    Body::SettingsApplied(SettingsApplied {
+                        version: data.version,
+                        errors,
+                    }),
+                )],
+            )?;
+            outcome = Accepted::Queued;
+        }
+        if let Some(seq) = seq {
+            Self::set_meta(&tx, "commands_acked_upto", &seq.to_string())?;
+        }
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// Rule 4.2 for command `seq`: `None` when it is the next one to process
+    /// (rule 1 makes the first of an unfamiliar epoch the next one), else
+    /// how to answer it.
+    fn check_command_seq(conn: &Connection, seq: u64) -> Result<Option<Accepted>> {
+        let committed = match Self::meta(conn, "commands_acked_upto")? {
+            Some(v) => v.parse().unwrap_or(0),
+            None => seq.saturating_sub(1),
+        };
+        Ok(if seq <= committed {
+            Some(Accepted::Duplicate)
+        } else if seq > committed + 1 {
+            Some(Accepted::Gap { committed })
+        } else {
+            None
+        })
     }
 
     /// Records a durable command with sequence number `seq`. `cmd` is `None`
@@ -265,12 +343,8 @@ impl Store {
     pub fn accept_command(&self, seq: u64, cmd: Option<&CmdSend>) -> Result<Accepted> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let committed = Self::meta_u64(&tx, "commands_acked_upto")?;
-        if seq <= committed {
-            return Ok(Accepted::Duplicate);
-        }
-        if seq > committed + 1 {
-            return Ok(Accepted::Gap { committed });
+        if let Some(refusal) = Self::check_command_seq(&tx, seq)? {
+            return Ok(refusal);
         }
         let mut outcome = Accepted::Duplicate;
         if let Some(cmd) = cmd {
@@ -406,12 +480,12 @@ pub(super) mod tests {
         let (_dir, store) = store();
         store.adopt_commands_epoch("E").expect("epoch");
         assert_eq!(
-            store.accept_command(2, Some(&cmd("a", "x"))).expect("gap"),
-            Accepted::Gap { committed: 0 }
-        );
-        assert_eq!(
             store.accept_command(1, Some(&cmd("a", "x"))).expect("new"),
             Accepted::Queued
+        );
+        assert_eq!(
+            store.accept_command(3, Some(&cmd("c", "x"))).expect("gap"),
+            Accepted::Gap { committed: 1 }
         );
         assert_eq!(
             store.accept_command(1, Some(&cmd("a", "x"))).expect("dup"),
@@ -426,5 +500,66 @@ pub(super) mod tests {
             Accepted::Duplicate
         );
         assert_eq!(store.pending_sends().expect("pending"), 1);
+    }
+
+    #[test]
+    fn a_newer_settings_version_is_stored_once_with_its_applied_event() {
+        let (_dir, store) = store();
+        store.adopt_commands_epoch("E").expect("epoch");
+        let mut values = serde_json::Map::new();
+        values.insert("max_sends_per_hour".into(), 500.into());
+        let v2 = SettingsData { version: 2, values };
+        assert_eq!(
+            store
+                .accept_settings(Some(1), &v2, serde_json::Map::new())
+                .expect("apply"),
+            Accepted::Queued
+        );
+        assert_eq!(store.settings().expect("settings"), v2);
+        // The same version again (from welcome, or replayed): nothing new.
+        assert_eq!(
+            store
+                .accept_settings(None, &v2, serde_json::Map::new())
+                .expect("again"),
+            Accepted::Duplicate
+        );
+        let outbox = store.outbox_after(0, 10).expect("outbox");
+        assert_eq!(outbox.len(), 1);
+        assert!(matches!(
+            &outbox[0].body,
+            Body::SettingsApplied(a) if a.version == 2 && a.errors.is_empty()
+        ));
+        assert_eq!(store.commands_position().expect("pos").1, 1);
+    }
+
+    /// Regression: after the daemon lost its state, the service resent from
+    /// 46 (rows up to 45 were acked before) and the daemon insisted on seq 1,
+    /// so the command stream stalled for good.
+    #[test]
+    fn the_first_command_of_an_unfamiliar_epoch_is_the_start_of_the_stream() {
+        let (_dir, store) = store();
+        store.adopt_commands_epoch("E").expect("epoch");
+        assert_eq!(store.commands_position().expect("pos").1, 0);
+        assert_eq!(
+            store
+                .accept_command(46, Some(&cmd("a", "x")))
+                .expect("start"),
+            Accepted::Queued
+        );
+        assert_eq!(
+            store.accept_command(47, None).expect("next"),
+            Accepted::Duplicate
+        );
+        assert_eq!(
+            store.commands_position().expect("pos"),
+            ("E".to_string(), 47)
+        );
+        assert_eq!(
+            store.accept_command(49, None).expect("gap"),
+            Accepted::Gap { committed: 47 }
+        );
+        // The same epoch again (a reconnect) keeps the count.
+        store.adopt_commands_epoch("E").expect("epoch");
+        assert_eq!(store.commands_position().expect("pos").1, 47);
     }
 }
