@@ -156,6 +156,10 @@ impl Reader {
             *tracker = t;
             let (n, new_cursor, last_ms) = result?;
             appended += n;
+            if n > 0 {
+                // Wake the link now, not after the update and delete scans.
+                self.outbox.notify_one();
+            }
             if let Some(ms) = last_ms {
                 self.health.send_modify(|h| h.last_row_ms = Some(ms));
             }

@@ -417,20 +417,25 @@ async fn new_settings_are_applied_by_the_mac_and_answered_once() {
     };
     assert_eq!(got, version);
     // The bad value is refused by name; the good one is in force.
-    assert_eq!(errors.keys().collect::<Vec<_>>(), vec!["sms_mode"], "{errors:?}");
+    assert_eq!(
+        errors.keys().collect::<Vec<_>>(),
+        vec!["sms_mode"],
+        "{errors:?}"
+    );
 
     // A restart does not apply (or answer) the same version again.
     kill_hard(daemon).await;
     let daemon = sys.start_daemon().await;
-    sys.sim.receive(CUSTOMER, "after restart").expect("incoming");
+    sys.sim
+        .receive(CUSTOMER, "after restart")
+        .expect("incoming");
     sys.wait_for(
         "the next message",
         |e| matches!(e, RelayEvent::MessageReceived { text, .. } if text == "after restart"),
     )
     .await;
     assert!(
-        !sys
-            .unclaimed
+        !sys.unclaimed
             .iter()
             .any(|e| matches!(e, RelayEvent::SettingsApplied { .. })),
         "settings answered twice: {:?}",

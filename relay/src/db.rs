@@ -183,6 +183,8 @@ fn open_blocking(path: &Path) -> Result<Connection, DbError> {
         .map_err(open_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(open_err)?;
+    // Applying an event runs a dozen statements; keep them all compiled.
+    conn.set_prepared_statement_cache_capacity(64);
     migrate(&mut conn, path)?;
     Ok(conn)
 }

@@ -13,6 +13,7 @@
 //! what is stored.
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use whatsnap_proto::close::{self, CloseReason};
@@ -486,8 +487,139 @@ impl Session {
         self.pump().await
     }
 
+    /// An event, and every further event already waiting on the socket
+    /// (up to [`EVENTS_WINDOW`]): a catching-up Mac's burst is applied in one
+    /// transaction instead of one round trip to the database per event.
+    /// Anything else found while draining is handled after the batch, in
+    /// order.
     async fn on_event(&mut self, frame: &Frame, seq: u64) -> bool {
-        self.on_durable(seq, Some(&frame.body)).await
+        let mut batch = vec![(seq, frame.body.clone())];
+        let mut after = None;
+        while batch.len() < usize::try_from(EVENTS_WINDOW).unwrap_or(200) {
+            let Some(next) = self.socket.recv().now_or_never() else {
+                break;
+            };
+            if let Some(Ok(Message::Text(text))) = &next
+                && text.len() <= DEFAULT_MAX_FRAME_BYTES
+                && let Ok(f) = frame::decode(text.as_str())
+                && f.body.stream() == Some(Stream::Events)
+                && let Some(s) = f.seq
+            {
+                batch.push((s, f.body));
+                continue;
+            }
+            after = Some(next);
+            break;
+        }
+        if !self.on_durable_batch(batch).await {
+            return false;
+        }
+        match after {
+            None => true,
+            Some(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => false,
+            Some(Some(Ok(Message::Text(text)))) => Box::pin(self.on_text(text.as_str())).await,
+            Some(Some(Ok(Message::Binary(bytes)))) => {
+                if bytes.len() > DEFAULT_MAX_FRAME_BYTES {
+                    self.close(close::MESSAGE_TOO_BIG, "frame larger than 1 MiB")
+                        .await;
+                    return false;
+                }
+                self.send_error(
+                    None,
+                    error_code::BAD_JSON,
+                    "frames must be JSON text, not binary",
+                )
+                .await
+            }
+            Some(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => true,
+        }
+    }
+
+    /// The ordering rule for a run of events: duplicates are acked, the
+    /// in-order run is applied in one transaction, a gap asks for a resend
+    /// (frames after it are dropped; they come again).
+    async fn on_durable_batch(&mut self, batch: Vec<(u64, Body)>) -> bool {
+        if batch.len() == 1 {
+            let (seq, body) = &batch[0];
+            return self.on_durable(*seq, Some(body)).await;
+        }
+        if self.unanchored
+            && let Some((first, _)) = batch.first()
+        {
+            self.committed = first.saturating_sub(1);
+        }
+        let mut next = self.committed + 1;
+        let mut duplicates = 0;
+        let mut run = Vec::new();
+        let mut gap = false;
+        for (seq, body) in batch {
+            if seq < next && run.is_empty() {
+                duplicates += 1;
+            } else if seq == next {
+                run.push((seq, Some(body)));
+                next += 1;
+            } else {
+                gap = true;
+                break;
+            }
+        }
+        for _ in 0..duplicates {
+            if !self.note_ack().await {
+                return false;
+            }
+        }
+        if let Some(&(last, _)) = run.last() {
+            let device_id = self.device_id.clone();
+            let epoch = self.events_epoch.clone();
+            let count = run.len();
+            let now = now_ms();
+            let result = self
+                .state
+                .inner
+                .db
+                .call(move |c| store::apply_events(c, &device_id, &epoch, &run, now))
+                .await;
+            match result {
+                Ok(events) => {
+                    self.committed = last;
+                    self.unanchored = false;
+                    for event in events {
+                        self.state.emit(event);
+                    }
+                    for _ in 0..count {
+                        if !self.note_ack().await {
+                            return false;
+                        }
+                    }
+                }
+                Err(ServiceError::Refused {
+                    code: "stale_session",
+                    ..
+                }) => {
+                    self.close(close::REPLACED, "another session of this device took over")
+                        .await;
+                    return false;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, device = self.device_id, "cannot apply events");
+                    self.close(
+                        close::SERVICE_RESTART,
+                        "service storage failed; retry later",
+                    )
+                    .await;
+                    return false;
+                }
+            }
+        }
+        if gap {
+            tracing::warn!(
+                device = self.device_id,
+                committed = self.committed,
+                "event gap; asking for a resend"
+            );
+            return self.send_ack(Some(self.committed + 1)).await;
+        }
+        true
     }
 
     /// The ordering rule of §7.7: apply only committed + 1, ack duplicates,

@@ -998,14 +998,31 @@ pub fn apply_event(
     body: Option<&Body>,
     now: i64,
 ) -> Result<Vec<RelayEvent>> {
+    apply_events(conn, device_id, epoch, &[(seq, body.cloned())], now)
+}
+
+/// [`apply_event`] for a run of consecutive events (`seq`s ascending by
+/// one), in one transaction: a burst from a catching-up Mac costs one commit
+/// instead of one per event. All or nothing.
+pub fn apply_events(
+    conn: &mut Connection,
+    device_id: &str,
+    epoch: &str,
+    run: &[(u64, Option<Body>)],
+    now: i64,
+) -> Result<Vec<RelayEvent>> {
+    let Some(&(first, _)) = run.first() else {
+        return Ok(Vec::new());
+    };
     let tx = conn.transaction()?;
     let stored: Option<(String, String, i64, i64)> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT account_id, events_epoch, events_committed, events_unanchored
              FROM devices WHERE id = ?1",
-            [device_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
+        )?
+        .query_row([device_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
     let Some((account_id, stored_epoch, committed, unanchored)) = stored else {
         return Err(ServiceError::refused(
@@ -1014,8 +1031,9 @@ pub fn apply_event(
             "device not found",
         ));
     };
-    let in_order = unanchored != 0 || to_u64(committed) + 1 == seq;
-    if stored_epoch != epoch || !in_order {
+    let in_order = unanchored != 0 || to_u64(committed) + 1 == first;
+    let consecutive = run.windows(2).all(|w| w[1].0 == w[0].0 + 1);
+    if stored_epoch != epoch || !in_order || !consecutive {
         return Err(ServiceError::refused(
             409,
             "stale_session",
@@ -1023,11 +1041,42 @@ pub fn apply_event(
         ));
     }
     let mut events = Vec::new();
+    for (seq, body) in run {
+        apply_one(
+            &tx,
+            device_id,
+            &account_id,
+            *seq,
+            body.as_ref(),
+            now,
+            &mut events,
+        )?;
+    }
+    let last = run.last().map_or(first, |(s, _)| *s);
+    tx.prepare_cached(
+        "UPDATE devices SET events_committed = ?2, last_seen_ms = ?3, events_unanchored = 0
+         WHERE id = ?1",
+    )?
+    .execute(params![device_id, to_i64(last), now])?;
+    tx.commit()?;
+    Ok(events)
+}
+
+fn apply_one(
+    tx: &Transaction<'_>,
+    device_id: &str,
+    account_id: &str,
+    seq: u64,
+    body: Option<&Body>,
+    now: i64,
+    events: &mut Vec<RelayEvent>,
+) -> Result<()> {
+    let account_id = account_id.to_owned();
     match body {
         Some(Body::EventMessage(m)) => {
-            apply_message(&tx, device_id, &account_id, m, now, &mut events)?;
+            apply_message(tx, device_id, &account_id, m, now, events)?;
         }
-        Some(Body::SendResult(r)) => apply_send_result(&tx, &account_id, r, &mut events)?,
+        Some(Body::SendResult(r)) => apply_send_result(tx, &account_id, r, events)?,
         Some(Body::SettingsApplied(a)) => {
             if !a.errors.is_empty() {
                 let refused = serde_json::Value::Object(a.errors.clone()).to_string();
@@ -1054,30 +1103,20 @@ pub fn apply_event(
         }
         None => {}
     }
-    tx.execute(
-        "UPDATE devices SET events_committed = ?2, last_seen_ms = ?3, events_unanchored = 0
-         WHERE id = ?1",
-        params![device_id, to_i64(seq), now],
-    )?;
-    tx.commit()?;
-    Ok(events)
+    Ok(())
 }
 
 fn account_tag(tx: &Transaction<'_>, account_id: &str) -> Result<Option<String>> {
     Ok(tx
-        .query_row(
-            "SELECT tag FROM accounts WHERE id = ?1",
-            [account_id],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT tag FROM accounts WHERE id = ?1")?
+        .query_row([account_id], |r| r.get(0))
         .optional()?)
 }
 
 fn contact_by_handle(conn: &Connection, handle: &str) -> Result<Option<String>> {
     Ok(conn
-        .query_row("SELECT id FROM contacts WHERE handle = ?1", [handle], |r| {
-            r.get(0)
-        })
+        .prepare_cached("SELECT id FROM contacts WHERE handle = ?1")?
+        .query_row([handle], |r| r.get(0))
         .optional()?)
 }
 
@@ -1086,7 +1125,7 @@ fn prefix_len() -> i64 {
 }
 
 fn account_tags_of(conn: &Connection, contact_id: &str) -> Result<Vec<String>> {
-    let mut stmt = conn.prepare(
+    let mut stmt = conn.prepare_cached(
         "SELECT tag FROM contact_tags WHERE contact_id = ?1 AND substr(tag, 1, ?2) = ?3
          ORDER BY created_ms DESC, rowid DESC",
     )?;
@@ -1119,11 +1158,10 @@ fn apply_message(
         let Some(contact_id) = contact_by_handle(tx, &to.handle)? else {
             return Ok(());
         };
-        tx.execute(
-            "INSERT INTO messages (id, account_id, contact_id, direction, text, device_id, event_key,
+        tx.prepare_cached("INSERT INTO messages (id, account_id, contact_id, direction, text, device_id, event_key,
                                    guid, chat_guid, state, guids_json, created_ms)
              VALUES (?1, ?2, ?3, 'outbound', ?4, ?5, ?6, ?7, ?8, 'sent', ?9, ?10)
-             ON CONFLICT DO NOTHING",
+             ON CONFLICT DO NOTHING")?.execute(
             params![
                 new_id(),
                 account_id,
@@ -1150,10 +1188,8 @@ fn apply_message(
         Some(id) => (id, false),
         None => {
             let id = new_id();
-            tx.execute(
-                "INSERT INTO contacts (id, handle, created_ms) VALUES (?1, ?2, ?3)",
-                params![id, sender.handle, now],
-            )?;
+            tx.prepare_cached("INSERT INTO contacts (id, handle, created_ms) VALUES (?1, ?2, ?3)")?
+                .execute(params![id, sender.handle, now])?;
             (id, true)
         }
     };
@@ -1162,11 +1198,11 @@ fn apply_message(
     if account_tags_of(tx, &contact_id)?.is_empty()
         && let Some(tag) = account_tag(tx, account_id)?
     {
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR IGNORE INTO contact_tags (contact_id, tag, source, created_ms)
              VALUES (?1, ?2, 'auto', ?3)",
-            params![contact_id, tag, now],
-        )?;
+        )?
+        .execute(params![contact_id, tag, now])?;
         tagged = Some(tag);
     }
     if created {
@@ -1176,11 +1212,10 @@ fn apply_message(
             tag: tagged,
         });
     }
-    let inserted = tx.execute(
-        "INSERT INTO messages (id, account_id, contact_id, direction, text, device_id, event_key,
+    let inserted = tx.prepare_cached("INSERT INTO messages (id, account_id, contact_id, direction, text, device_id, event_key,
                                guid, chat_guid, created_ms, guids_json)
          VALUES (?1, ?2, ?3, 'inbound', ?4, ?5, ?6, ?7, ?8, ?9, json_array(?7))
-         ON CONFLICT DO NOTHING",
+         ON CONFLICT DO NOTHING")?.execute(
         params![
             new_id(),
             account_id,
@@ -1212,11 +1247,8 @@ fn direct_chat_guid(m: &EventMessage) -> Option<&str> {
 /// Adds GUIDs to an outbound message; returns its account if it exists.
 fn attach_guids(tx: &Connection, client_msg_id: &str, guids: &[String]) -> Result<Option<String>> {
     let row: Option<(String, String)> = tx
-        .query_row(
-            "SELECT account_id, guids_json FROM messages WHERE client_msg_id = ?1",
-            [client_msg_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT account_id, guids_json FROM messages WHERE client_msg_id = ?1")?
+        .query_row([client_msg_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((account_id, json)) = row else {
         tracing::warn!(client_msg_id, "echo or result for an unknown send; ignored");
@@ -1228,14 +1260,14 @@ fn attach_guids(tx: &Connection, client_msg_id: &str, guids: &[String]) -> Resul
             all.push(g.clone());
         }
     }
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE messages SET guids_json = ?2, guid = COALESCE(guid, ?3) WHERE client_msg_id = ?1",
-        params![
-            client_msg_id,
-            serde_json::to_string(&all).unwrap_or_else(|_| "[]".into()),
-            all.first()
-        ],
-    )?;
+    )?
+    .execute(params![
+        client_msg_id,
+        serde_json::to_string(&all).unwrap_or_else(|_| "[]".into()),
+        all.first()
+    ])?;
     Ok(Some(account_id))
 }
 
@@ -1262,10 +1294,8 @@ fn apply_send_result(
         .error
         .as_ref()
         .map(|e| format!("{}: {}", e.code, e.message));
-    tx.execute(
-        "UPDATE messages SET state = ?2, error = ?3 WHERE client_msg_id = ?1",
-        params![r.client_msg_id, send_state_name(r.state), error],
-    )?;
+    tx.prepare_cached("UPDATE messages SET state = ?2, error = ?3 WHERE client_msg_id = ?1")?
+        .execute(params![r.client_msg_id, send_state_name(r.state), error])?;
     if account_id != device_account {
         tracing::warn!(
             client_msg_id = r.client_msg_id,

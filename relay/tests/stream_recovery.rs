@@ -156,3 +156,46 @@ async fn a_daemon_that_forgot_acked_commands_gets_a_new_command_epoch() {
         other => panic!("expected cmd.send, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_burst_is_applied_in_order_and_a_gap_inside_it_asks_for_a_resend() {
+    let relay = start_relay().await;
+    let (_, paired) = relay.paired_account("Mike").await;
+    let mut daemon = FakeDaemon::connect(&relay, &paired.device_token).await;
+    daemon.handshake(&paired.device_id).await;
+    // 1..=3, a replay of 2, then 5 and 6 (4 is missing), all without waiting.
+    for (seq, guid) in [
+        (1, "B1"),
+        (2, "B2"),
+        (3, "B3"),
+        (2, "B2"),
+        (5, "B5"),
+        (6, "B6"),
+    ] {
+        daemon
+            .send(&Frame::new(inbound(guid, BOB, guid), 1).with_seq(seq))
+            .await;
+    }
+    let mut resend = None;
+    while resend.is_none() {
+        let ack = daemon.events_ack().await;
+        assert!(ack.upto <= 3, "{ack:?}");
+        resend = ack.resend_from;
+    }
+    assert_eq!(resend, Some(4));
+    daemon
+        .send(&Frame::new(inbound("B4", BOB, "B4"), 1).with_seq(4))
+        .await;
+    daemon
+        .send(&Frame::new(inbound("B5", BOB, "B5"), 1).with_seq(5))
+        .await;
+    loop {
+        if daemon.events_ack().await.upto == 5 {
+            break;
+        }
+    }
+    assert_eq!(
+        inbound_texts(&relay).await,
+        vec!["B1", "B2", "B3", "B4", "B5"]
+    );
+}

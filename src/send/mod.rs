@@ -1039,7 +1039,11 @@ impl SendWorker {
         let until_deadline = cmd.expires_at_ms.map(|at| {
             Duration::from_millis(u64::try_from(at - self.clock.now_ms() + 1).unwrap_or(0))
         });
-        let wait = until_deadline.map_or(wait, |d| d.min(wait));
+        // And at least every 30 s, so other queued sends past their
+        // deadline are expired on time too.
+        let wait = until_deadline
+            .map_or(wait, |d| d.min(wait))
+            .min(Duration::from_secs(30));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = self.settings.changed() => {}

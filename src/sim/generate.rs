@@ -22,6 +22,9 @@ pub struct Generated {
     pub chats: u64,
 }
 
+/// Rows per transaction.
+const CHUNK: u64 = 20_000;
+
 const WORDS: &[&str] = &[
     "ok",
     "see you at",
@@ -75,7 +78,13 @@ impl Simulator {
             )?;
             chat_rows.push((chat.rowid, ids));
         }
-        let mut insert = tx
+        tx.commit().map_err(err)?;
+        // Rows go in chunks, each its own transaction followed by a passive
+        // checkpoint, as Messages' own auto-checkpoint keeps the WAL small;
+        // one giant transaction would grow the WAL by ~1 KB per row.
+        let conn = &self.conn;
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+        let mut insert = conn
             .prepare(
                 "INSERT INTO message (guid, text, handle_id, attributedBody, version, service, \
                    account, account_guid, date, is_delivered, is_finished, is_from_me, is_sent, \
@@ -84,7 +93,7 @@ impl Simulator {
                  VALUES (?1, NULL, ?2, ?3, 10, 'iMessage', ?4, ?5, ?6, 1, 1, ?7, ?7, 1, ?8, ?9, ?10, ?11)",
             )
             .map_err(err)?;
-        let mut join = tx
+        let mut join = conn
             .prepare("INSERT INTO chat_message_join (chat_id, message_id, message_date) VALUES (?1, ?2, ?3)")
             .map_err(err)?;
         let account = me.account();
@@ -137,17 +146,23 @@ impl Simulator {
                     thread,
                 ])
                 .map_err(err)?;
-            let rowid = tx.last_insert_rowid();
+            let rowid = conn.last_insert_rowid();
             join.execute(params![chat_rowid, rowid, date])
                 .map_err(err)?;
             if recent.len() == 64 {
                 recent.swap_remove(rng.usize(..64));
             }
             recent.push(guid);
+            if i % CHUNK == CHUNK - 1 {
+                conn.execute_batch("COMMIT").map_err(err)?;
+                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    .map_err(err)?;
+                conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+            }
         }
         drop(insert);
         drop(join);
-        tx.commit().map_err(|e| me.write_err(e))?;
+        conn.execute_batch("COMMIT").map_err(err)?;
         self.checkpoint()?;
         Ok(Generated { messages, chats })
     }
