@@ -279,13 +279,17 @@ fn bind(socket: &Path) -> Result<UnixListener, ControlError> {
         }
         std::fs::remove_file(socket).map_err(io)?;
     }
-    let listener = UnixListener::bind(socket).map_err(io)?;
-    // The state folder is already 0700, so the moment between bind and chmod
-    // exposes nothing.
+    // Bind beside, restrict, then rename into place: the socket appears at
+    // its path already 0600, so nobody (nor a test waiting for the file)
+    // ever sees it open to others.
+    let staging = socket.with_extension("n"); // shorter than .sock: fits the path limit
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).map_err(io)?;
     {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
     }
+    std::fs::rename(&staging, socket).map_err(io)?;
     Ok(listener)
 }
 

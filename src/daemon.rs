@@ -134,7 +134,17 @@ pub fn start(
         let _watcher = watcher;
         reader.run(token).await;
     });
-    tracker.spawn(sender.with_settings(send_settings_rx).run(shutdown.clone()));
+    let downloads = crate::send::download::Downloads::new(
+        reqwest::Client::new(),
+        link.creds.device_token.clone(),
+    );
+    tracker.spawn(
+        sender
+            .with_settings(send_settings_rx)
+            .with_downloads(downloads)
+            .with_pause_marker(paths.home.clone())
+            .run(shutdown.clone()),
+    );
     let token = shutdown.clone();
     tracker.spawn(async move {
         loop {

@@ -538,6 +538,18 @@ fn commit_batch(
         if let Body::EventMessage(event) = &mut body {
             event.backfill = backfill;
             last_ms = Some(event.date_ms);
+            // macOS sometimes writes a copy of our own send as an incoming
+            // row; flag it rather than drop it (protocol §7.7 "Echo rows").
+            if !event.from_me && !backfill {
+                event.suspected_echo = store
+                    .suspected_echo(
+                        chat_guid,
+                        event.sender.as_ref().map(|s| s.handle.as_str()),
+                        &event.text,
+                        event.date_ms,
+                    )?
+                    .is_some();
+            }
         }
         let key = match &body {
             Body::EventMessage(e) => e.event_key.clone(),

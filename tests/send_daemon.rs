@@ -17,8 +17,8 @@ use whatsnap_mac::send::download::Downloads;
 use whatsnap_mac::send::runner::Runner;
 use whatsnap_mac::send::{MacosProbe, SendSettings, Sender, scripts::MacosVersion};
 use whatsnap_mac::sim::Simulator;
-use whatsnap_mac::sim::fake_osascript::sends::SendSim;
 use whatsnap_mac::sim::fake_osascript::{self, CONTROL_ENV, Control, LOG_ENV};
+use whatsnap_mac::sim::sends::SendSim;
 use whatsnap_mac::store::{SendPhase, Store};
 use whatsnap_proto::frame::{
     Body, CmdSend, OutboundAttachment, SendResult, SendState, SendTo, ServicePref,
@@ -285,9 +285,9 @@ async fn after_a_restart_a_dispatching_send_is_only_correlated() {
         .expect("sim")
         .send_to_chat(
             &chat,
-            whatsnap_mac::sim::fake_osascript::sends::SimBody::Text("made it"),
+            whatsnap_mac::sim::sends::SimBody::Text("made it"),
             None,
-            whatsnap_mac::sim::fake_osascript::sends::SimOutcome::SENT,
+            whatsnap_mac::sim::sends::SimOutcome::SENT,
         )
         .expect("row");
     let _worker = d.start();

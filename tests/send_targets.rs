@@ -12,8 +12,8 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::Value;
 use whatsnap_mac::chatdb::typedstream;
 use whatsnap_mac::sim::Simulator;
-use whatsnap_mac::sim::fake_osascript::sends::{ATTACHMENT_BODY, SendSim};
 use whatsnap_mac::sim::fake_osascript::{self, CONTROL_ENV, Control, LOG_ENV};
+use whatsnap_mac::sim::sends::{ATTACHMENT_BODY, SendSim};
 use whatsnap_proto::frame::{SendResult, SendState};
 
 const EXE: &str = env!("CARGO_BIN_EXE_whatsnap-mac");

@@ -98,6 +98,7 @@ impl Sender {
             clock: Clock::new(),
             timings: None,
             downloads: None,
+            pause_home: None,
         }
     }
 
@@ -212,6 +213,9 @@ pub struct SendWorker {
     clock: Clock,
     timings: Option<mpsc::UnboundedSender<SendTiming>>,
     downloads: Option<download::Downloads>,
+    /// The state folder whose `sending-paused` marker holds new sends
+    /// (`whatsnap-mac status --pause`).
+    pause_home: Option<std::path::PathBuf>,
 }
 
 /// How a send reaches Messages.
@@ -322,6 +326,14 @@ impl SendWorker {
         self
     }
 
+    /// Holds new sends while the user has paused sending (a marker file in
+    /// the state folder `home`); sends already dispatched still finish.
+    #[must_use]
+    pub fn with_pause_marker(mut self, home: std::path::PathBuf) -> SendWorker {
+        self.pause_home = Some(home);
+        self
+    }
+
     /// Reports when each send passed the measured points (benchmark).
     #[must_use]
     pub fn with_timings(mut self, tx: mpsc::UnboundedSender<SendTiming>) -> SendWorker {
@@ -367,6 +379,21 @@ impl SendWorker {
                 crate::blocking(move || store.next_pending_send(source, only.as_deref())).await
             };
             let send = match next {
+                Ok(Some(send))
+                    if send.phase == SendPhase::Queued
+                        && self
+                            .pause_home
+                            .as_deref()
+                            .is_some_and(crate::control::sending_paused) =>
+                {
+                    // Paused: look again when woken or every few seconds,
+                    // the marker is a file the control socket writes.
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        () = self.wake.notified() => continue,
+                        () = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                    }
+                }
                 Ok(Some(send)) => send,
                 Ok(None) => {
                     if let Some(only) = &self.only {

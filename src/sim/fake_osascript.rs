@@ -3,7 +3,7 @@
 //! It takes the real command line the daemon uses, `osascript - <args>...` with
 //! the script on stdin, recognises only whatsnap's own constant scripts, and
 //! then does what Messages would: writes the from-me row as Messages does
-//! ([`sends::SendSim`]), or fails the way osascript does, with exit status 1 and
+//! ([`super::sends::SendSim`]), or fails the way osascript does, with exit status 1 and
 //! `<start>:<end>: execution error: <message> (<number>)` on stderr. Nothing
 //! is printed on stdout on success, as with the real scripts.
 //!
@@ -32,18 +32,15 @@
 //! Files sent from outside the Messages folder (the one holding chat.db) are
 //! accepted and then fail with error 25, as Messages' sandbox makes them.
 
-#[path = "sends.rs"]
-pub mod sends;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::sends::{SendSim, SimBody, SimOutcome};
 use crate::send::scripts::{self, Script};
 use crate::sim::SimError;
-use sends::{SendSim, SimBody, SimOutcome};
 
 /// Environment variable naming the call log (see the module docs).
 pub const LOG_ENV: &str = "WHATSNAP_SIM_OSASCRIPT_LOG";

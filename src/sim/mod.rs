@@ -19,6 +19,7 @@ pub mod fake_osascript;
 pub mod generate;
 pub mod kinds;
 pub mod schema;
+pub mod sends;
 mod writer;
 
 pub use kinds::{SimAttachment, SimChat, SimRow};
