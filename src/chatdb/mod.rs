@@ -921,51 +921,7 @@ impl MessageRow {
     /// The `event.message` for this row. `origin` ties a from-me row to the
     /// send that produced it.
     pub fn to_event(&self, origin: Option<String>) -> EventMessage {
-        let (text, truncated) = display_text(self.text.as_deref().unwrap_or_default());
-        let chat_guid = self.chat_guid.clone().unwrap_or_default();
-        let participants: Vec<Handle> = self
-            .participants
-            .iter()
-            .map(|p| normalize_handle(p))
-            .collect();
-        let sender = if self.from_me {
-            None
-        } else {
-            self.sender.as_deref().map(normalize_handle)
-        };
-        let recipients = if self.from_me {
-            participants.clone()
-        } else {
-            Vec::new()
-        };
-        EventMessage {
-            event_key: whatsnap_proto::message_event_key(&self.guid),
-            guid: self.guid.clone(),
-            rowid: self.rowid,
-            chat_kind: chat_kind(self.chat_style, &chat_guid),
-            chat_guid,
-            group_name: self.group_name.clone(),
-            participants,
-            service: self.service.clone().unwrap_or_else(|| "iMessage".into()),
-            from_me: self.from_me,
-            sender,
-            recipients,
-            text,
-            subject: self.subject.clone(),
-            reply_to_guid: self.thread_originator_guid.clone(),
-            thread_originator_guid: self.thread_originator_guid.clone(),
-            date_ms: apple_time::apple_to_unix_ms(self.date).unwrap_or(0),
-            attachments: self
-                .attachments
-                .iter()
-                .map(AttachmentRow::to_attachment)
-                .collect(),
-            origin: origin.map(|client_msg_id| Origin { client_msg_id }),
-            backfill: false,
-            backfill_request_id: None,
-            suspected_echo: false,
-            truncated,
-        }
+        self.clone().into_event(origin)
     }
 
     /// [`Self::to_body`] without copying the row's strings (for bulk reads).
@@ -973,6 +929,11 @@ impl MessageRow {
         if self.kind() != RowKind::Message {
             return self.to_body(origin);
         }
+        Some(Body::EventMessage(self.into_event(origin)))
+    }
+
+    /// [`Self::to_event`], moving the row's strings instead of copying them.
+    pub fn into_event(self, origin: Option<String>) -> EventMessage {
         let chat_kind = chat_kind(
             self.chat_style,
             self.chat_guid.as_deref().unwrap_or_default(),
@@ -993,7 +954,7 @@ impl MessageRow {
             Vec::new()
         };
         let (text, truncated) = display_text_owned(self.text.unwrap_or_default());
-        Some(Body::EventMessage(EventMessage {
+        EventMessage {
             event_key: whatsnap_proto::message_event_key(&self.guid),
             guid: self.guid,
             rowid: self.rowid,
@@ -1020,7 +981,7 @@ impl MessageRow {
             backfill_request_id: None,
             suspected_echo: false,
             truncated,
-        }))
+        }
     }
 
     /// What kind of row this is, which decides the event it becomes.
