@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use whatsnap_proto::frame::{Body, ChatKind, EventMessageUpdate, UpdateKind};
 
 use crate::chatdb::{ChatDbError, MessageRow, RowKind, RowStatus, SharedChatDb, display_text};
-use crate::store::Store;
+use crate::store::{ReaderMarks, Store};
 
 /// Rows read per transaction.
 pub const BATCH: usize = 200;
@@ -103,6 +103,7 @@ impl Reader {
                     version: db.data_version()?,
                     identity: db.identity(),
                     max_rowid: db.max_rowid()?,
+                    high_water: db.rowid_high_water()?,
                     max_deleted: db.max_deleted_rowid()?,
                 })
             })
@@ -117,6 +118,14 @@ impl Reader {
             tracker.seed_silently = true;
             return Box::pin(self.scan(tracker)).await;
         };
+        if !tracker.marks_loaded {
+            let store = self.store.clone();
+            let marks = crate::blocking(move || store.reader_marks()).await?;
+            tracker.identity = tracker.identity.or(marks.identity);
+            tracker.deleted_cursor = tracker.deleted_cursor.or(marks.deleted_cursor);
+            tracker.persisted = marks;
+            tracker.marks_loaded = true;
+        }
         // Nothing committed since the last scan on this connection: done.
         if tracker.seen == Some((probe.generation, probe.version))
             && tracker.pending.is_empty()
@@ -125,7 +134,9 @@ impl Reader {
             return Ok(0);
         }
         let replaced = tracker.identity.is_some() && tracker.identity != probe.identity;
-        if replaced || probe.max_rowid < cursor {
+        // The high-water mark, not MAX(ROWID): deleting the newest message
+        // lowers MAX(ROWID) below the cursor without any rebuild.
+        if replaced || probe.high_water < cursor {
             cursor = self.rebaseline(tracker, cursor, &probe).await?;
         }
         if tracker.deleted_cursor.is_none() {
@@ -171,6 +182,12 @@ impl Reader {
         }
         appended += self.scan_updates(tracker, cursor).await?;
         appended += self.scan_deletes(tracker, cursor).await?;
+        let marks = tracker.marks();
+        if marks != tracker.persisted {
+            let store = self.store.clone();
+            crate::blocking(move || store.set_reader_marks(marks)).await?;
+            tracker.persisted = marks;
+        }
         tracker.seed_silently = false;
         tracker.seen = Some((probe.generation, probe.version));
         Ok(appended)
@@ -262,6 +279,7 @@ impl Reader {
             return Ok(0);
         };
         tracker.deleted_cursor = Some(last);
+        let marks = tracker.marks();
         let events: Vec<(String, Body)> = deleted
             .into_iter()
             // A removed tapback's old row is deleted too; the 300x row
@@ -284,7 +302,8 @@ impl Reader {
             return Ok(0);
         }
         let store = self.store.clone();
-        let n = crate::blocking(move || store.append_events(cursor, events)).await?;
+        let n = crate::blocking(move || store.append_deletes(cursor, events, marks)).await?;
+        tracker.persisted = marks;
         Ok(n.len())
     }
 }
@@ -303,6 +322,8 @@ struct Probe {
     version: i64,
     identity: Option<u64>,
     max_rowid: i64,
+    /// Highest ROWID ever assigned (see `ChatDb::rowid_high_water`).
+    high_water: i64,
     max_deleted: i64,
 }
 
@@ -327,9 +348,20 @@ pub struct Tracker {
     orphan: Option<(i64, Instant)>,
     /// Record the window without announcing (after a baseline).
     seed_silently: bool,
+    /// The marks were read from the store after a (re)start.
+    marks_loaded: bool,
+    /// The marks as last stored.
+    persisted: ReaderMarks,
 }
 
 impl Tracker {
+    fn marks(&self) -> ReaderMarks {
+        ReaderMarks {
+            deleted_cursor: self.deleted_cursor,
+            identity: self.identity,
+        }
+    }
+
     fn reset(&mut self, probe: &Probe) {
         *self = Tracker {
             identity: probe.identity,

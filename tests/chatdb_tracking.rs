@@ -300,3 +300,30 @@ async fn a_row_whose_chat_join_comes_late_is_held_back_then_announced() {
         "{got:?}"
     );
 }
+
+/// Regression: the `deleted_messages` position lived only in memory, so a
+/// message deleted while the daemon was down was never reported; and deleting
+/// the newest message lowered `MAX(ROWID)` below the cursor, which the reader
+/// took for a rebuilt database, skipping the delete.
+#[tokio::test]
+async fn a_message_deleted_while_the_daemon_was_down_is_reported_after_restart() {
+    let (mut s, mut sim) = Setup::new(Release::Sequoia).await;
+    let ann = "+15550001111";
+    let kept = sim.write(&SimRow::incoming(ann, "kept")).expect("incoming");
+    let doomed = sim
+        .write(&SimRow::incoming(ann, "doomed"))
+        .expect("incoming");
+    assert_eq!(s.events().await.len(), 2, "both announced");
+
+    // The daemon stops; the user deletes a message; the daemon starts again
+    // with a fresh reader state, as after a restart.
+    sim.delete_message(&doomed.guid).expect("delete");
+    s.tracker = Tracker::default();
+    let got = updates(&s.events().await);
+    assert_eq!(
+        got,
+        vec![(UpdateKind::Deleted, format!("deleted:{}", doomed.guid))],
+        "kept: {}",
+        kept.guid
+    );
+}

@@ -728,6 +728,22 @@ impl ChatDb {
             .map_err(|e| self.err(e))
     }
 
+    /// The highest `message` ROWID ever assigned: AUTOINCREMENT's
+    /// `sqlite_sequence` entry, which, unlike `MAX(ROWID)`, does not drop when
+    /// the newest message is deleted. Falls back to `MAX(ROWID)`.
+    pub fn rowid_high_water(&self) -> Result<i64, ChatDbError> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'message'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .unwrap_or(None);
+        Ok(seq.unwrap_or(0).max(self.max_rowid()?))
+    }
+
     /// `MAX(ROWID)` of `deleted_messages` (0 when empty or absent).
     pub fn max_deleted_rowid(&self) -> Result<i64, ChatDbError> {
         if !self.has_table("deleted_messages")? {

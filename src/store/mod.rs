@@ -42,6 +42,17 @@ pub enum StoreError {
 
 type Result<T> = std::result::Result<T, StoreError>;
 
+/// Where the reader stands besides the ROWID cursor, kept so a restart
+/// neither misses the hard deletes made while the daemon was down nor
+/// overlooks a database replaced meanwhile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReaderMarks {
+    /// The last `deleted_messages` ROWID turned into events.
+    pub deleted_cursor: Option<i64>,
+    /// The inode of the chat.db last read.
+    pub identity: Option<u64>,
+}
+
 /// A durable event waiting for the service's ack.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxEntry {
@@ -170,6 +181,51 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let seqs = Self::append_in(&tx, events)?;
         Self::set_meta(&tx, "chatdb_cursor", &cursor.to_string())?;
+        tx.commit()?;
+        Ok(seqs)
+    }
+
+    /// The reader's positions beside the cursor (see [`ReaderMarks`]).
+    pub fn reader_marks(&self) -> Result<ReaderMarks> {
+        let conn = self.lock();
+        let num = |key: &str| -> Result<Option<i64>> {
+            Ok(Self::meta(&conn, key)?.and_then(|v| v.parse().ok()))
+        };
+        Ok(ReaderMarks {
+            deleted_cursor: num("chatdb_deleted_cursor")?,
+            identity: num("chatdb_identity")?.map(|v| v as u64),
+        })
+    }
+
+    /// Stores the reader's positions.
+    pub fn set_reader_marks(&self, marks: ReaderMarks) -> Result<()> {
+        let conn = self.lock();
+        Self::set_marks(&conn, marks)
+    }
+
+    fn set_marks(conn: &Connection, marks: ReaderMarks) -> Result<()> {
+        if let Some(d) = marks.deleted_cursor {
+            Self::set_meta(conn, "chatdb_deleted_cursor", &d.to_string())?;
+        }
+        if let Some(i) = marks.identity {
+            Self::set_meta(conn, "chatdb_identity", &(i as i64).to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Appends the events of hard deletes and moves the `deleted_messages`
+    /// position with them, atomically, like [`Store::append_events`].
+    pub fn append_deletes(
+        &self,
+        cursor: i64,
+        events: Vec<(String, Body)>,
+        marks: ReaderMarks,
+    ) -> Result<Vec<u64>> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let seqs = Self::append_in(&tx, events)?;
+        Self::set_meta(&tx, "chatdb_cursor", &cursor.to_string())?;
+        Self::set_marks(&tx, marks)?;
         tx.commit()?;
         Ok(seqs)
     }
