@@ -99,6 +99,7 @@ impl Sender {
             timings: None,
             downloads: None,
             pause_home: None,
+            last_prune: None,
         }
     }
 
@@ -216,6 +217,8 @@ pub struct SendWorker {
     /// The state folder whose `sending-paused` marker holds new sends
     /// (`whatsnap-mac status --pause`).
     pause_home: Option<std::path::PathBuf>,
+    /// When staged copies were last pruned.
+    last_prune: Option<Instant>,
 }
 
 /// How a send reaches Messages.
@@ -367,6 +370,23 @@ impl SendWorker {
     /// A CLI worker returns after its one send; the result is also stored.
     pub async fn run(mut self, shutdown: CancellationToken) -> Option<SendResult> {
         loop {
+            if self.only.is_none()
+                && self
+                    .last_prune
+                    .is_none_or(|at| at.elapsed() > Duration::from_secs(3600))
+            {
+                self.last_prune = Some(Instant::now());
+                let chat_db = self.confirm.path().to_path_buf();
+                let pruned = crate::blocking(move || {
+                    prune_staged(&chat_db, STAGED_FILE_LIFETIME, std::time::SystemTime::now())
+                })
+                .await;
+                match pruned {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!("removed {n} staged attachment copies older than 24 h"),
+                    Err(e) => tracing::warn!("cannot prune staged attachment copies: {e}"),
+                }
+            }
             let settings = self.settings.borrow().clone();
             let now = self.clock.now_ms();
             if let Err(e) = self.expire_overdue(now).await {
@@ -1329,6 +1349,45 @@ fn staging_failed(message: String) -> AttemptEnd {
         no_such_chat: false,
         service_failure: false,
     }
+}
+
+/// How long a staged copy is kept: Messages reads the file after osascript
+/// returns, possibly much later for a large upload (protocol §7.9).
+pub const STAGED_FILE_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Removes staged copies (`<Messages folder>/Attachments/whatsnap/<uuid>/`)
+/// last changed more than `keep` before `now`. Returns how many folders went.
+/// Only our own `whatsnap` folder is ever touched.
+pub fn prune_staged(
+    chat_db: &Path,
+    keep: Duration,
+    now: std::time::SystemTime,
+) -> std::io::Result<usize> {
+    let root = chat_db
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("Attachments")
+        .join("whatsnap");
+    let entries = match std::fs::read_dir(&root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        let old = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .is_some_and(|age| age > keep);
+        if meta.is_dir() && old {
+            std::fs::remove_dir_all(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// `<Messages folder>/Attachments/whatsnap/<uuid>`: the Messages folder is
