@@ -261,15 +261,23 @@ pub fn device_info() -> DeviceInfo {
 }
 
 /// The macOS version from `sw_vers`, or `unknown` off a Mac.
+///
+/// Asked once per process: the link sends it on every (re)connect, and an
+/// OS update restarts the daemon anyway.
 pub fn macos_version() -> String {
-    std::process::Command::new("sw_vers")
-        .arg("-productVersion")
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "unknown".into())
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION
+        .get_or_init(|| {
+            std::process::Command::new("sw_vers")
+                .arg("-productVersion")
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| "unknown".into())
+        })
+        .clone()
 }
 
 fn computer_name() -> String {
@@ -298,9 +306,8 @@ mod tests {
         assert!(err.to_string().contains("use https://"), "{err}");
     }
 
-    #[test]
-    fn credentials_never_print_the_token() {
-        let creds = Credentials {
+    fn sample_creds() -> Credentials {
+        Credentials {
             server: "https://s".into(),
             ws_url: "wss://s/v1/device/ws".into(),
             device_id: "d".into(),
@@ -308,7 +315,12 @@ mod tests {
             account_id: "a".into(),
             account_name: "Mike".into(),
             account_tag: "whatsnap-account-Mike".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn credentials_never_print_the_token() {
+        let creds = sample_creds();
         assert!(!format!("{creds:?}").contains("wsd_secret"));
     }
 
@@ -316,15 +328,7 @@ mod tests {
     fn saved_credentials_are_private_and_load_back() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("credentials.json");
-        let creds = Credentials {
-            server: "https://s".into(),
-            ws_url: "wss://s/v1/device/ws".into(),
-            device_id: "d".into(),
-            device_token: "wsd_secret".into(),
-            account_id: "a".into(),
-            account_name: "Mike".into(),
-            account_tag: "whatsnap-account-Mike".into(),
-        };
+        let creds = sample_creds();
         save(&path, &creds).expect("save");
         assert_eq!(load(&path).expect("load"), creds);
         #[cfg(unix)]

@@ -141,26 +141,9 @@ mod tests {
     /// Loads a `sqlite3 .schema` dump, skipping SQLite's own tables, which
     /// cannot be created by hand.
     fn load_dump(text: &str) -> Connection {
-        let mut kept = String::new();
-        let mut skipping = false;
-        for line in text.lines() {
-            let trimmed = line.trim_start();
-            if trimmed.starts_with("--") {
-                continue;
-            }
-            if trimmed.starts_with("CREATE TABLE sqlite_") {
-                skipping = true;
-            }
-            if !skipping {
-                kept.push_str(line);
-                kept.push('\n');
-            }
-            if skipping && trimmed.ends_with(';') {
-                skipping = false;
-            }
-        }
         let conn = Connection::open_in_memory().expect("in-memory db");
-        conn.execute_batch(&kept).expect("dump loads");
+        conn.execute_batch(&crate::sim::strip_internal_tables(text))
+            .expect("dump loads");
         conn
     }
 

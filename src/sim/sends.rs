@@ -19,10 +19,8 @@
 //! [`Simulator`]: crate::sim::Simulator
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use rusqlite::config::DbConfig;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::apple_time::now_apple_nanos;
 use crate::sim::body::attributed_body;
@@ -85,40 +83,7 @@ pub struct SendSim {
 impl SendSim {
     /// Opens an existing simulated chat.db (made by `Simulator::create`).
     pub fn open(path: &Path) -> Result<SendSim, SimError> {
-        if !path.exists() {
-            return Err(SimError::Missing {
-                path: path.to_owned(),
-            });
-        }
-        let open_err = |source| SimError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(open_err)?;
-        // As the Simulator: rows stay in the WAL, no checkpoint on close.
-        conn.pragma_update(None, "wal_autocheckpoint", 0)
-            .map_err(open_err)?;
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
-            .map_err(open_err)?;
-        let has_message: Option<i64> = conn
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'message'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(open_err)?;
-        if has_message.is_none() {
-            return Err(SimError::NotChatDb {
-                path: path.to_owned(),
-            });
-        }
+        let conn = super::writer::open_existing(path)?;
         Ok(SendSim {
             conn,
             path: path.to_owned(),

@@ -255,36 +255,11 @@ impl Simulator {
 
     /// Opens an existing chat.db for writing.
     pub fn open(path: &Path) -> Result<Simulator, SimError> {
-        if !path.exists() {
-            return Err(SimError::Missing {
-                path: path.to_owned(),
-            });
-        }
-        let open_err = |source| SimError::Open {
+        let conn = open_existing(path)?;
+        Simulator::with_connection(conn, path).map_err(|source| SimError::Open {
             path: path.to_owned(),
             source,
-        };
-        // No CREATE flag: a typo in the path must not make an empty database.
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(open_err)?;
-        configure(&conn).map_err(open_err)?;
-        let has_message: Option<i64> = conn
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'message'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(open_err)?;
-        if has_message.is_none() {
-            return Err(SimError::NotChatDb {
-                path: path.to_owned(),
-            });
-        }
-        Simulator::with_connection(conn, path).map_err(open_err)
+        })
     }
 
     fn with_connection(conn: Connection, path: &Path) -> rusqlite::Result<Simulator> {
@@ -793,6 +768,43 @@ pub(crate) struct MessageSpec {
 }
 
 /// Per-connection settings, applied to every connection the simulator opens.
+/// A writing connection to an existing simulated chat.db, configured as the
+/// simulator writes (rows stay in the WAL). Refuses a missing file and one
+/// without a `message` table: a typo in the path must not make an empty
+/// database.
+pub(crate) fn open_existing(path: &Path) -> Result<Connection, SimError> {
+    if !path.exists() {
+        return Err(SimError::Missing {
+            path: path.to_owned(),
+        });
+    }
+    let open_err = |source| SimError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    // No CREATE flag, for the same reason.
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_err)?;
+    configure(&conn).map_err(open_err)?;
+    let has_message: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'message'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(open_err)?;
+    if has_message.is_none() {
+        return Err(SimError::NotChatDb {
+            path: path.to_owned(),
+        });
+    }
+    Ok(conn)
+}
+
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // Messages keeps its connection open, so new rows sit in the WAL until a
