@@ -13,7 +13,7 @@
 //! ← {"ok":true,"status":{"pid":4242,"version":"0.1.0",...}}
 //! → {"cmd":"pause"}            (also "resume", "rescan", "reload")
 //! ← {"ok":true,"message":"sending paused"}
-//! ← {"ok":false,"error":"..."} (unknown command, or one this daemon cannot do)
+//! ← {"ok":false,"error":"..."} (unknown command, or it failed)
 //! ```
 //!
 //! Pausing is a marker file (`sending-paused`) in the state folder, so it
@@ -422,14 +422,21 @@ impl Server {
                     Err(e) => Response::refused(format!("cannot resume: {e}")),
                 }
             }
-            // The daemon's tasks do not take these requests yet; say so
-            // rather than pretend.
-            Request::Rescan => Response::refused(
-                "this version of the bridge cannot rescan on request; `whatsnap-mac restart` reads chat.db again from its cursor".into(),
-            ),
-            Request::Reload => Response::refused(
-                "this version of the bridge cannot reload settings on request; use `whatsnap-mac restart`".into(),
-            ),
+            Request::Rescan => {
+                // The same wake-up a file event gives: new rows, the recent
+                // window's status changes and deletes are read, and a reader
+                // stuck on a missing permission tries chat.db again.
+                self.handle.rescan_wake();
+                Response::done(
+                    "reading chat.db now; `whatsnap-mac status` shows what the reader found",
+                )
+            }
+            Request::Reload => match self.handle.reload.run().await {
+                Ok(version) => Response::done(&format!(
+                    "settings version {version} applied (the service pushes changes by itself; this re-applies the stored ones)"
+                )),
+                Err(e) => Response::refused(format!("cannot reload the settings: {e}")),
+            },
         }
     }
 

@@ -22,6 +22,7 @@ use crate::reader::{Reader, ReaderHealth};
 use crate::send::runner::Runner;
 use crate::send::{SendSettings, Sender};
 use crate::store::Store;
+use whatsnap_proto::frame::SettingsData;
 
 /// Tunables of a daemon instance.
 #[derive(Debug, Clone)]
@@ -36,13 +37,65 @@ pub struct DaemonOptions {
     pub backoff_cap: Duration,
 }
 
-/// A running daemon's observable state.
+/// A running daemon's observable state, and the levers the control socket
+/// pulls.
 #[derive(Debug, Clone)]
 pub struct DaemonHandle {
     /// The link's state.
     pub link: watch::Receiver<LinkState>,
     /// The reader's health.
     pub reader: watch::Receiver<ReaderHealth>,
+    /// The wake-up channel the reader and the sender listen on; bumping it
+    /// is what a file event does (`status --rescan`, nicknamed `rescan_wake`).
+    pub rescan: watch::Sender<u64>,
+    /// Puts the stored settings back into the running tasks (`status --reload`).
+    pub reload: Reload,
+}
+
+/// Re-applies the account's stored settings to the running tasks.
+///
+/// The service pushes every settings change as a durable frame, so the store
+/// always holds the newest version the daemon accepted; reloading hands that
+/// version to the sender again and wakes it, which also makes it look at the
+/// pause marker again.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    store: Store,
+    settings: watch::Sender<SettingsData>,
+    send_wake: Arc<Notify>,
+}
+
+impl Reload {
+    /// A reload lever over `store` feeding `settings`.
+    pub fn new(
+        store: Store,
+        settings: watch::Sender<SettingsData>,
+        send_wake: Arc<Notify>,
+    ) -> Reload {
+        Reload {
+            store,
+            settings,
+            send_wake,
+        }
+    }
+
+    /// Reads the stored settings and hands them to the tasks; returns the
+    /// version now in force.
+    pub async fn run(&self) -> Result<u64, crate::store::StoreError> {
+        let store = self.store.clone();
+        let stored = crate::blocking(move || store.settings()).await?;
+        let version = stored.version;
+        self.settings.send_replace(stored);
+        self.send_wake.notify_one();
+        Ok(version)
+    }
+}
+
+impl DaemonHandle {
+    /// Wakes the reader and the sender as a change to chat.db would.
+    pub fn rescan_wake(&self) {
+        self.rescan.send_modify(|t| *t = t.wrapping_add(1));
+    }
 }
 
 /// Why the daemon could not start.
@@ -101,6 +154,8 @@ pub fn start(
     let (send_settings_tx, send_settings_rx) =
         watch::channel(send_settings(&settings_rx.borrow_and_update().values));
 
+    let rescan = ticks_tx.clone();
+    let reload = Reload::new(store.clone(), settings_tx.clone(), send_wake.clone());
     let watcher = crate::watch::spawn(&paths.chat_db, options.poll, ticks_tx, shutdown.clone());
     let reader = Reader {
         store: store.clone(),
@@ -166,6 +221,8 @@ pub fn start(
         DaemonHandle {
             link: link_rx.clone(),
             reader: health_rx.clone(),
+            rescan: rescan.clone(),
+            reload: reload.clone(),
         },
         shutdown.clone(),
     ));
@@ -173,6 +230,8 @@ pub fn start(
     Ok(DaemonHandle {
         link: link_rx,
         reader: health_rx,
+        rescan,
+        reload,
     })
 }
 

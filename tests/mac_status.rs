@@ -9,13 +9,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mac_support::{EXE, Mac};
+use std::sync::Arc;
+use tokio::sync::Notify;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use whatsnap_mac::control::{self, DaemonStatus, LinkView};
-use whatsnap_mac::daemon::DaemonHandle;
+use whatsnap_mac::daemon::{DaemonHandle, Reload};
 use whatsnap_mac::link::LinkState;
 use whatsnap_mac::reader::ReaderHealth;
 use whatsnap_mac::status::{Account, MenuFlavor, Queue, Status};
+use whatsnap_mac::store::Store;
+use whatsnap_proto::frame::SettingsData;
 
 const NOW: i64 = 1_764_000_000_000;
 const MIN: i64 = 60_000;
@@ -172,7 +176,35 @@ struct Live {
     shutdown: CancellationToken,
     link: watch::Sender<LinkState>,
     _reader: watch::Sender<ReaderHealth>,
+    /// What the reader and sender would be woken by.
+    wakes: watch::Receiver<u64>,
+    /// The settings the sender would follow.
+    settings: watch::Receiver<SettingsData>,
+    store: Store,
     server: tokio::task::JoinHandle<()>,
+}
+
+/// A handle over real channels and a real store in `home`.
+fn handle(
+    home: &Path,
+) -> (
+    DaemonHandle,
+    watch::Receiver<u64>,
+    watch::Receiver<SettingsData>,
+    Store,
+) {
+    let (_link, link_rx) = watch::channel(LinkState::Connecting);
+    let (_reader, reader_rx) = watch::channel(ReaderHealth::default());
+    let (rescan, wakes) = watch::channel(0u64);
+    let store = Store::open(&home.join("state.db")).expect("store");
+    let (settings_tx, settings) = watch::channel(store.settings().expect("settings"));
+    let handle = DaemonHandle {
+        link: link_rx,
+        reader: reader_rx,
+        rescan,
+        reload: Reload::new(store.clone(), settings_tx, Arc::new(Notify::new())),
+    };
+    (handle, wakes, settings, store)
 }
 
 async fn live(home: &Path) -> Live {
@@ -182,16 +214,12 @@ async fn live(home: &Path) -> Live {
         error: None,
         last_row_ms: Some(NOW),
     });
+    let (mut handle, wakes, settings, store) = handle(home);
+    handle.link = link_rx;
+    handle.reader = reader_rx;
     let shutdown = CancellationToken::new();
     let socket = control::socket_path(home);
-    let server = tokio::spawn(control::serve(
-        socket.clone(),
-        DaemonHandle {
-            link: link_rx,
-            reader: reader_rx,
-        },
-        shutdown.clone(),
-    ));
+    let server = tokio::spawn(control::serve(socket.clone(), handle, shutdown.clone()));
     // serve binds before its first await point that could yield to us only
     // after the socket exists; wait for the file rather than for time.
     while !socket.exists() {
@@ -201,6 +229,9 @@ async fn live(home: &Path) -> Live {
         shutdown,
         link,
         _reader: reader,
+        wakes,
+        settings,
+        store,
         server,
     }
 }
@@ -279,13 +310,32 @@ async fn status_reads_the_live_daemon_and_its_exit_code_follows_the_link() {
     status(&mac, &home, &["--resume"]).await.expect_code(0);
     assert!(!control::sending_paused(&home));
 
-    // What the daemon cannot do yet is refused with a way forward.
-    let run = status(&mac, &home, &["--rescan"]).await.expect_code(1);
+    // Rescan wakes the reader and the sender as a chat.db change would.
+    let mut wakes = live.wakes.clone();
+    wakes.borrow_and_update();
+    let run = status(&mac, &home, &["--rescan"]).await.expect_code(0);
+    assert!(run.stdout.contains("reading chat.db now"), "{}", run.stdout);
+    assert!(wakes.has_changed().expect("open"), "the reader was woken");
+
+    // Reload hands the stored settings (as the service last pushed them)
+    // back to the sender.
+    let pushed = SettingsData {
+        version: 7,
+        values: serde_json::json!({"max_sends_per_hour": 12})
+            .as_object()
+            .expect("object")
+            .clone(),
+    };
+    live.store
+        .accept_settings(None, &pushed, serde_json::Map::new())
+        .expect("stored");
+    let run = status(&mac, &home, &["--reload"]).await.expect_code(0);
     assert!(
-        run.stderr.contains("whatsnap-mac restart"),
+        run.stdout.contains("settings version 7 applied"),
         "{}",
-        run.stderr
+        run.stdout
     );
+    assert_eq!(*live.settings.borrow(), pushed, "the sender follows them");
 
     live.shutdown.cancel();
     live.server.await.expect("server stops");
@@ -326,15 +376,13 @@ async fn a_second_daemon_does_not_steal_the_socket() {
     let mac = Mac::new();
     let home = home_of(&mac);
     let first = live(&home).await;
-    let (_l, link_rx) = watch::channel(LinkState::Connecting);
-    let (_r, reader_rx) = watch::channel(ReaderHealth::default());
+    let second = home.join("second");
+    std::fs::create_dir_all(&second).expect("second home");
+    let (handle, ..) = handle(&second);
     // Returns at once: the socket is taken.
     control::serve(
         control::socket_path(&home),
-        DaemonHandle {
-            link: link_rx,
-            reader: reader_rx,
-        },
+        handle,
         CancellationToken::new(),
     )
     .await;
