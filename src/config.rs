@@ -41,9 +41,16 @@ impl Paths {
         self.home.join("state.db")
     }
 
-    /// The pairing credentials (device token); mode 0600.
+    /// The pairing (service, device id, account; the device token itself
+    /// only when the token store is the file); mode 0600.
     pub fn credentials(&self) -> PathBuf {
         self.home.join("credentials.json")
+    }
+
+    /// The copy of `pair --ca-file`: the self-hosted service's CA, trusted
+    /// beside the system's roots by every later connection.
+    pub fn service_ca(&self) -> PathBuf {
+        self.home.join("service-ca.pem")
     }
 }
 

@@ -17,7 +17,8 @@ use tokio_util::task::TaskTracker;
 use crate::chatdb::SharedChatDb;
 use crate::config::{self, Paths};
 use crate::link::pair::{self, Credentials};
-use crate::link::{Link, LinkState};
+use crate::link::rotate::Rotator;
+use crate::link::{Dial, Link, LinkState, tls};
 use crate::reader::{Reader, ReaderHealth};
 use crate::send::runner::Runner;
 use crate::send::{SendSettings, Sender};
@@ -104,6 +105,9 @@ pub enum DaemonError {
     /// Not paired.
     #[error(transparent)]
     Pair(#[from] pair::PairError),
+    /// The pairing's CA file is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The state folder or database is unusable.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
@@ -130,7 +134,13 @@ pub fn start(
         path: paths.home.display().to_string(),
         source,
     })?;
-    let creds: Credentials = pair::load(&paths.credentials())?;
+    // The token from its store (a pre-Keychain file moves there now), and
+    // one HTTPS client with the pairing's CA for everything the daemon asks
+    // the service: the websocket, file downloads, token rotation.
+    let credential_store = pair::CredentialStore::from_env()?;
+    let (creds, paired): (Credentials, _) = credential_store.load(&paths.credentials())?;
+    let client = tls::http_client(paired.ca_file.as_deref(), None)?;
+    let (token_tx, token_rx) = watch::channel(creds.device_token.clone());
     let store = Store::open(&paths.state_db())?;
     let outbox = Arc::new(Notify::new());
     let send_wake = Arc::new(Notify::new());
@@ -172,7 +182,13 @@ pub fn start(
         db_changed: ticks_rx,
         outbox: outbox.clone(),
     };
+    let downloads = crate::send::download::Downloads::following(client.clone(), token_rx.clone());
+    let sender = sender
+        .with_settings(send_settings_rx)
+        .with_downloads(downloads)
+        .with_pause_marker(paths.home.clone());
     let link = Link {
+        admission: Some(sender.admission()),
         creds,
         store,
         outbox,
@@ -189,17 +205,7 @@ pub fn start(
         let _watcher = watcher;
         reader.run(token).await;
     });
-    let downloads = crate::send::download::Downloads::new(
-        reqwest::Client::new(),
-        link.creds.device_token.clone(),
-    );
-    tracker.spawn(
-        sender
-            .with_settings(send_settings_rx)
-            .with_downloads(downloads)
-            .with_pause_marker(paths.home.clone())
-            .run(shutdown.clone()),
-    );
+    tracker.spawn(sender.run(shutdown.clone()));
     let token = shutdown.clone();
     tracker.spawn(async move {
         loop {
@@ -215,7 +221,24 @@ pub fn start(
             }
         }
     });
-    tracker.spawn(link.run(shutdown.clone()));
+    tracker.spawn(link.run_with(
+        Dial {
+            token: token_rx,
+            client: client.clone(),
+        },
+        shutdown.clone(),
+    ));
+    // Tokens older than 30 days are rotated (checked now, then daily); the
+    // link takes the new one at its next connection.
+    tracker.spawn(
+        Rotator {
+            path: paths.credentials(),
+            store: credential_store,
+            client: client.clone(),
+            token: token_tx,
+        }
+        .run(shutdown.clone()),
+    );
     tracker.spawn(crate::control::serve(
         crate::control::socket_path(&paths.home),
         DaemonHandle {

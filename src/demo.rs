@@ -81,7 +81,13 @@ async fn play(exe: &Path, dir: &Path, once: bool) -> anyhow::Result<()> {
     crate::config::ensure_home(&home)?;
     let client = reqwest::Client::new();
     let creds = pair::pair(&client, &base, &created.pairing.code, pair::device_info()).await?;
-    pair::save(&home.join("credentials.json"), &creds)?;
+    // The demo's token lives in its throw-away folder, never in the
+    // user's Keychain.
+    pair::CredentialStore {
+        store: pair::TokenStore::File,
+        keychain: crate::link::keychain::Keychain::from_env(),
+    }
+    .save(&home.join("credentials.json"), &creds, None)?;
     detail(&format!("device {} paired", creds.device_id));
 
     step("Starting the daemon: whatsnap-mac run");

@@ -7,8 +7,11 @@
 //! harmless Apple event to Messages (-1743 means denied), the LaunchAgent and
 //! the binary's signature through `launchctl` and `codesign` (paths
 //! configurable, so stand-ins answer in tests). The service is asked for
-//! `GET /healthz` over the paired URL, which also shows TLS working and gives
-//! the service's clock through the `Date` header.
+//! `GET /healthz` over the paired URL (TLS checked with the pairing's CA
+//! file), then `GET /v1/device` with the stored token: a live request that
+//! proves the token without the running daemon and gives the service's
+//! clock for the skew check. `pair` runs the two permission checks first
+//! ([`pair_preflight`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,7 +22,9 @@ use serde::Serialize;
 use crate::chatdb::{ChatDb, ChatDbError};
 use crate::config::Paths;
 use crate::launchd::{self, Launchctl};
-use crate::link::pair::{self, Credentials, PairError};
+use crate::link::keychain::KeychainError;
+use crate::link::pair::{self, PairError, Paired};
+use crate::link::tls;
 use crate::send::runner::{RunOutcome, Runner};
 use crate::send::scripts::PROBE_MESSAGES;
 
@@ -124,6 +129,8 @@ pub struct Env {
     pub this_exe: Option<PathBuf>,
     /// Now, Unix ms.
     pub now_ms: i64,
+    /// `--ca-file` given to `doctor`; else the one stored by `pair`.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Env {
@@ -139,6 +146,7 @@ impl Env {
             launchctl: Launchctl::from_env().ok(),
             this_exe: std::env::current_exe().ok(),
             now_ms: jiff::Timestamp::now().as_millisecond(),
+            ca_file: None,
         }
     }
 }
@@ -154,14 +162,36 @@ pub async fn run_all(env: &Env) -> Vec<Check> {
     checks.push(automation(env, program.as_deref()).await);
     checks.push(agent);
     checks.push(binary(env, program.as_deref()));
-    let creds = pair::load(&env.paths.credentials());
-    checks.push(paired(&creds));
-    let (reach, clock) = service(creds.as_ref().ok()).await;
-    checks.push(token(env, creds.as_ref().ok()));
+    let stored = pair::load_paired(&env.paths.credentials());
+    checks.push(paired(&stored));
+    let (token, reach, clock) = match stored.as_ref().ok() {
+        Some(p) => service_checks(env, p).await,
+        None => {
+            let skip = |id| {
+                Check::bad(
+                    id,
+                    Outcome::Skip,
+                    "not checked: not paired",
+                    "fix paired first",
+                )
+            };
+            (skip("token"), skip("service"), skip("clock"))
+        }
+    };
+    checks.push(token);
     checks.push(reach);
     checks.push(clock);
     checks.push(disk(&env.paths.home));
     checks
+}
+
+/// The checks `pair` runs before it calls the service: Full Disk Access and
+/// Automation, the two permissions without which a paired Mac can neither
+/// read nor send.
+pub async fn pair_preflight(env: &Env) -> Vec<Check> {
+    let (fda, _) = chat_db_checks(env).await;
+    let program = agent_program(&launchd::plist_path(&env.user_home));
+    vec![fda, automation(env, program.as_deref()).await]
 }
 
 async fn chat_db_checks(env: &Env) -> (Check, Check) {
@@ -292,6 +322,18 @@ async fn automation(env: &Env, program: Option<&Path>) -> Check {
     }
 }
 
+/// The program a LaunchAgent plist starts.
+fn agent_program(plist: &Path) -> Option<PathBuf> {
+    plist::Value::from_file(plist).ok().and_then(|v| {
+        v.as_dictionary()?
+            .get("ProgramArguments")?
+            .as_array()?
+            .first()?
+            .as_string()
+            .map(PathBuf::from)
+    })
+}
+
 /// The LaunchAgent check, and the program the agent starts.
 fn launch_agent(env: &Env) -> (Check, Option<PathBuf>) {
     let plist = launchd::plist_path(&env.user_home);
@@ -306,14 +348,7 @@ fn launch_agent(env: &Env) -> (Check, Option<PathBuf>) {
             None,
         );
     }
-    let program = plist::Value::from_file(&plist).ok().and_then(|v| {
-        v.as_dictionary()?
-            .get("ProgramArguments")?
-            .as_array()?
-            .first()?
-            .as_string()
-            .map(PathBuf::from)
-    });
+    let program = agent_program(&plist);
     let Some(launchctl) = &env.launchctl else {
         return (
             Check::bad(
@@ -462,13 +497,13 @@ fn binary(env: &Env, program: Option<&Path>) -> Check {
     )
 }
 
-fn paired(creds: &Result<Credentials, PairError>) -> Check {
-    match creds {
-        Ok(c) => Check::ok(
+fn paired(stored: &Result<Paired, PairError>) -> Check {
+    match stored {
+        Ok(p) => Check::ok(
             "paired",
             format!(
                 "account {} ({}) at {}",
-                c.account_name, c.account_tag, c.server
+                p.account_name, p.account_tag, p.server
             ),
         ),
         Err(PairError::NotPaired) => Check::bad(
@@ -486,91 +521,56 @@ fn paired(creds: &Result<Credentials, PairError>) -> Check {
     }
 }
 
-/// Whether the service accepts the token, as far as can be told without a
-/// handshake of our own: the running daemon's link says so.
-fn token(env: &Env, creds: Option<&Credentials>) -> Check {
-    if creds.is_none() {
-        return Check::bad(
-            "token",
-            Outcome::Skip,
-            "not checked: not paired",
-            "fix paired first",
-        );
-    }
-    let socket = crate::control::socket_path(&env.paths.home);
-    match crate::control::request(&socket, crate::control::Request::Status) {
-        Ok(answer) => match answer.status.map(|s| s.link) {
-            Some(link) if link.state == "connected" => Check::ok(
-                "token",
-                "the running bridge is connected: the service accepts its token",
-            ),
-            Some(link) if link.state == "stopped" => Check::bad(
-                "token",
-                Outcome::Fail,
-                link.reason.unwrap_or_else(|| "the link stopped".into()),
-                "run `whatsnap-mac pair` again with a new code",
-            ),
-            Some(link) => Check::bad(
-                "token",
-                Outcome::Warn,
-                format!(
-                    "the running bridge is {}{}",
-                    link.state,
-                    link.reason.map(|r| format!(": {r}")).unwrap_or_default()
-                ),
-                "wait a minute and check again; see `whatsnap-mac logs`",
-            ),
-            None => Check::bad(
-                "token",
-                Outcome::Skip,
-                "the bridge gave no status",
-                "update whatsnap-mac",
-            ),
-        },
-        Err(_) => Check::bad(
-            "token",
-            Outcome::Skip,
-            "not checked: the bridge is not running, and only its link proves the token",
-            "start it (`whatsnap-mac restart`) and run `whatsnap-mac doctor` again",
-        ),
-    }
-}
-
-async fn service(creds: Option<&Credentials>) -> (Check, Check) {
-    let Some(creds) = creds else {
-        return (
-            Check::bad(
-                "service",
-                Outcome::Skip,
-                "not checked: not paired",
-                "fix paired first",
-            ),
-            Check::bad(
-                "clock",
-                Outcome::Skip,
-                "not checked: not paired",
-                "fix paired first",
-            ),
-        );
-    };
-    let url = format!("{}/healthz", creds.server.trim_end_matches('/'));
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
+/// The token, service and clock checks: `GET /healthz` over the paired URL
+/// (TLS with the pairing's CA file), then `GET /v1/device` with the stored
+/// token — a live request proving the service accepts it, which also gives
+/// the service's clock in milliseconds. Nothing asks the running daemon.
+async fn service_checks(env: &Env, stored: &Paired) -> (Check, Check, Check) {
+    let ca_file = env.ca_file.clone().or_else(|| stored.ca_file.clone());
+    let client = match tls::http_client(ca_file.as_deref(), Some(Duration::from_secs(10))) {
         Ok(c) => c,
         Err(e) => {
             return (
                 Check::bad(
+                    "token",
+                    Outcome::Skip,
+                    "not checked: no HTTPS",
+                    "fix service first",
+                ),
+                Check::bad(
                     "service",
                     Outcome::Fail,
-                    format!("cannot set up HTTPS: {e}"),
-                    "reinstall whatsnap-mac",
+                    e.to_string(),
+                    "pass a readable --ca-file, or pair again with `whatsnap-mac pair --ca-file PATH`",
                 ),
                 Check::bad("clock", Outcome::Skip, "not checked", "fix service first"),
             );
         }
     };
+    let (reach, date) = healthz(&client, &stored.server).await;
+    if reach.outcome == Outcome::Fail {
+        let skip = |id| {
+            Check::bad(
+                id,
+                Outcome::Skip,
+                "not checked: service unreachable",
+                "fix service first",
+            )
+        };
+        return (skip("token"), reach, skip("clock"));
+    }
+    let (token, service_now) = token(env, &client).await;
+    let clock = match service_now {
+        Some((theirs_ms, ours_ms)) => clock_ms(theirs_ms, ours_ms),
+        // No live answer: the Date header still tells the skew to a second.
+        None => clock(date.as_deref(), jiff::Timestamp::now().as_millisecond()),
+    };
+    (token, reach, clock)
+}
+
+/// `GET /healthz`: the reachability check and the `Date` header.
+async fn healthz(client: &reqwest::Client, server: &str) -> (Check, Option<String>) {
+    let url = format!("{}/healthz", server.trim_end_matches('/'));
     let response = match client.get(&url).send().await {
         Ok(r) => r,
         Err(e) => {
@@ -578,15 +578,10 @@ async fn service(creds: Option<&Credentials>) -> (Check, Check) {
                 Check::bad(
                     "service",
                     Outcome::Fail,
-                    format!("cannot reach {url}: {}", error_chain(&e.without_url())),
+                    format!("cannot reach {url}: {}", tls::error_chain(&e.without_url())),
                     "check the Mac's network, and that the service address given to `pair` is right",
                 ),
-                Check::bad(
-                    "clock",
-                    Outcome::Skip,
-                    "not checked: service unreachable",
-                    "fix service first",
-                ),
+                None,
             );
         }
     };
@@ -595,8 +590,13 @@ async fn service(creds: Option<&Credentials>) -> (Check, Check) {
     } else {
         "over plain HTTP on this machine"
     };
-    let reach = if response.status().is_success() {
-        Check::ok("service", format!("{} answers {tls}", creds.server))
+    let date = response
+        .headers()
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let check = if response.status().is_success() {
+        Check::ok("service", format!("{server} answers {tls}"))
     } else {
         Check::bad(
             "service",
@@ -605,16 +605,102 @@ async fn service(creds: Option<&Credentials>) -> (Check, Check) {
             "the service is up but unhealthy: tell your WhatSnap admin",
         )
     };
-    let date = response
-        .headers()
-        .get(reqwest::header::DATE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    // The header has whole seconds; compare with the time it arrived.
-    (
-        reach,
-        clock(date.as_deref(), jiff::Timestamp::now().as_millisecond()),
-    )
+    (check, date)
+}
+
+/// The live token check: the stored token (from the Keychain or the file)
+/// presented to `GET /v1/device`. Also the service's clock and ours at the
+/// middle of the request, when it answered.
+async fn token(env: &Env, client: &reqwest::Client) -> (Check, Option<(i64, i64)>) {
+    let path = env.paths.credentials();
+    let loaded = crate::blocking(move || {
+        pair::CredentialStore::from_env().and_then(|store| store.peek(&path))
+    })
+    .await;
+    let creds = match loaded {
+        Ok((creds, _)) => creds,
+        Err(PairError::Keychain(e)) => {
+            let fix = match &e {
+                KeychainError::Locked { .. } => {
+                    "unlock the login Keychain (log in to the desktop, or `security unlock-keychain ~/Library/Keychains/login.keychain-db`)"
+                }
+                KeychainError::Denied { .. } => {
+                    "run `whatsnap-mac doctor` again and answer Always Allow"
+                }
+                _ => "run `whatsnap-mac pair` again with a new code",
+            };
+            return (Check::bad("token", Outcome::Fail, e.to_string(), fix), None);
+        }
+        Err(e) => {
+            return (
+                Check::bad(
+                    "token",
+                    Outcome::Fail,
+                    e.to_string(),
+                    "run `whatsnap-mac pair` again",
+                ),
+                None,
+            );
+        }
+    };
+    let sent = jiff::Timestamp::now().as_millisecond();
+    match pair::device_view(client, &creds).await {
+        Ok(view) => {
+            let received = jiff::Timestamp::now().as_millisecond();
+            let check = if view.device_id == creds.device_id {
+                Check::ok(
+                    "token",
+                    format!(
+                        "the service accepts this Mac's token (account {})",
+                        view.account_tag
+                    ),
+                )
+            } else {
+                Check::bad(
+                    "token",
+                    Outcome::Fail,
+                    format!(
+                        "the token belongs to device {}, not {}",
+                        view.device_id, creds.device_id
+                    ),
+                    "run `whatsnap-mac pair` again with a new code",
+                )
+            };
+            (check, Some((view.now_ms, sent + (received - sent) / 2)))
+        }
+        Err(PairError::Refused { status, message }) if status == 401 || status == 403 => (
+            Check::bad(
+                "token",
+                Outcome::Fail,
+                format!("the service rejects this Mac's token: {message}"),
+                "run `whatsnap-mac pair` with a new code from your WhatSnap admin",
+            ),
+            None,
+        ),
+        Err(PairError::Refused { status: 404, .. }) => (
+            Check::bad(
+                "token",
+                Outcome::Skip,
+                "the service is too old to check a token (no GET /v1/device)",
+                "update whatsnap-relay, or see `whatsnap-mac status` for the link",
+            ),
+            None,
+        ),
+        Err(e) => (
+            Check::bad(
+                "token",
+                Outcome::Warn,
+                format!("cannot check the token: {e}"),
+                "run `whatsnap-mac doctor` again in a minute",
+            ),
+            None,
+        ),
+    }
+}
+
+/// The clock check from the service's clock in ms and ours at that moment.
+pub fn clock_ms(theirs_ms: i64, ours_ms: i64) -> Check {
+    skew_check((ours_ms - theirs_ms) / 1000)
 }
 
 /// The clock check from the service's `Date` header.
@@ -635,7 +721,11 @@ pub fn clock(date: Option<&str>, now_ms: i64) -> Check {
             "nothing to do",
         );
     };
-    let skew = (now_ms - theirs.as_millisecond()) / 1000;
+    skew_check((now_ms - theirs.as_millisecond()) / 1000)
+}
+
+/// Fails when our clock is more than [`MAX_SKEW_SECS`] off the service's.
+fn skew_check(skew: i64) -> Check {
     if skew.abs() > MAX_SKEW_SECS {
         Check::bad(
             "clock",
@@ -651,17 +741,6 @@ pub fn clock(date: Option<&str>, now_ms: i64) -> Check {
     } else {
         Check::ok("clock", "within a minute of the service's")
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn disk(home: &Path) -> Check {

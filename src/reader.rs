@@ -26,7 +26,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use whatsnap_proto::frame::{Body, ChatKind, EventMessageUpdate, UpdateKind};
 
-use crate::chatdb::{ChatDbError, MessageRow, RowKind, RowStatus, SharedChatDb, display_text};
+use crate::chatdb::{
+    ChatDbError, MessageRow, RowKind, RowStatus, SharedChatDb, StatusRow, display_text,
+};
 use crate::store::{ReaderMarks, Store};
 
 /// Rows read per transaction.
@@ -93,21 +95,50 @@ impl Reader {
     /// Reads everything new and every change; returns how many events were
     /// appended.
     pub async fn scan(&self, tracker: &mut Tracker) -> Result<usize, ScanError> {
+        // One trip to the blocking pool reads the cursor, probes chat.db
+        // and, when the probe says a plain read will do (the usual wake-up),
+        // reads the new rows and commits their events: every hop between
+        // threads was a wake-up delay on a busy 2-core machine.
         let store = self.store.clone();
-        let cursor = crate::blocking(move || store.chatdb_cursor()).await?;
-        let probe = self
+        let outbox = self.outbox.clone();
+        let expect = Expect {
+            identity: tracker.identity,
+            seen: tracker.seen,
+            idle_ok: tracker.pending.is_empty() && tracker.orphan.is_none(),
+            ready: tracker.marks_loaded && tracker.newest_live != 0,
+        };
+        let slot = TrackerSlot::new(tracker);
+        let inner = slot.clone();
+        let first = self
             .chat_db
-            .call(|db| {
-                Ok(Probe {
+            .call(move |db| {
+                let cursor = match store.chatdb_cursor() {
+                    Ok(c) => c,
+                    Err(e) => return Ok(Err(e.into())),
+                };
+                let probe = Probe {
                     generation: db.generation(),
                     version: db.data_version()?,
                     identity: db.identity(),
                     max_rowid: db.max_rowid()?,
                     high_water: db.rowid_high_water()?,
                     max_deleted: db.max_deleted_rowid()?,
-                })
+                };
+                let read = match cursor {
+                    Some(c) if expect.plain_read(&probe, c) => {
+                        match read_new(db, &store, &outbox, &mut inner.lock(), c) {
+                            Ok(r) => Some(r),
+                            Err(ScanError::ChatDb(e)) => return Err(e),
+                            Err(e) => return Ok(Err(e)),
+                        }
+                    }
+                    _ => None,
+                };
+                Ok(Ok((cursor, probe, read)))
             })
-            .await?;
+            .await;
+        slot.restore(tracker);
+        let (cursor, probe, read) = first??;
         let Some(mut cursor) = cursor else {
             // First start: announce what arrives from now on, not history.
             let max = probe.max_rowid;
@@ -118,70 +149,68 @@ impl Reader {
             tracker.seed_silently = true;
             return Box::pin(self.scan(tracker)).await;
         };
-        if !tracker.marks_loaded {
-            let store = self.store.clone();
-            let marks = crate::blocking(move || store.reader_marks()).await?;
-            tracker.identity = tracker.identity.or(marks.identity);
-            tracker.deleted_cursor = tracker.deleted_cursor.or(marks.deleted_cursor);
-            tracker.persisted = marks;
-            tracker.marks_loaded = true;
-        }
-        // Nothing committed since the last scan on this connection: done.
-        if tracker.seen == Some((probe.generation, probe.version))
-            && tracker.pending.is_empty()
-            && tracker.orphan.is_none()
-        {
-            return Ok(0);
-        }
-        let replaced = tracker.identity.is_some() && tracker.identity != probe.identity;
-        // The high-water mark, not MAX(ROWID): deleting the newest message
-        // lowers MAX(ROWID) below the cursor without any rebuild.
-        if replaced || probe.high_water < cursor {
-            cursor = self.rebaseline(tracker, cursor, &probe).await?;
+        let mut appended = 0;
+        match read {
+            Some(read) => {
+                appended += read.appended;
+                cursor = read.cursor;
+                self.publish(read.last_ms);
+            }
+            None => {
+                if !tracker.marks_loaded {
+                    let store = self.store.clone();
+                    let marks = crate::blocking(move || store.reader_marks()).await?;
+                    tracker.identity = tracker.identity.or(marks.identity);
+                    tracker.deleted_cursor = tracker.deleted_cursor.or(marks.deleted_cursor);
+                    tracker.persisted = marks;
+                    tracker.marks_loaded = true;
+                }
+                // Nothing committed since the last scan on this connection: done.
+                if tracker.seen == Some((probe.generation, probe.version))
+                    && tracker.pending.is_empty()
+                    && tracker.orphan.is_none()
+                {
+                    return Ok(0);
+                }
+                let replaced = tracker.identity.is_some() && tracker.identity != probe.identity;
+                // The high-water mark, not MAX(ROWID): deleting the newest
+                // message lowers MAX(ROWID) below the cursor without any
+                // rebuild.
+                if replaced || probe.high_water < cursor {
+                    cursor = self.rebaseline(tracker, cursor, &probe).await?;
+                }
+                tracker.identity = probe.identity;
+                if tracker.newest_live == 0 {
+                    tracker.newest_live = self
+                        .chat_db
+                        .call(move |db| db.newest_date_upto(cursor))
+                        .await?;
+                }
+                let store = self.store.clone();
+                let outbox = self.outbox.clone();
+                let slot = TrackerSlot::new(tracker);
+                let inner = slot.clone();
+                let result = self
+                    .chat_db
+                    .call(move |db| {
+                        match read_new(db, &store, &outbox, &mut inner.lock(), cursor) {
+                            Ok(r) => Ok(Ok(r)),
+                            Err(ScanError::ChatDb(e)) => Err(e),
+                            Err(e) => Ok(Err(e)),
+                        }
+                    })
+                    .await;
+                slot.restore(tracker);
+                let read = result??;
+                appended += read.appended;
+                cursor = read.cursor;
+                self.publish(read.last_ms);
+            }
         }
         if tracker.deleted_cursor.is_none() {
             tracker.deleted_cursor = Some(probe.max_deleted);
         }
-        tracker.identity = probe.identity;
-        if tracker.newest_live == 0 {
-            tracker.newest_live = self
-                .chat_db
-                .call(move |db| db.newest_date_upto(cursor))
-                .await?;
-        }
-        let mut appended = 0;
-        loop {
-            let rows = self
-                .chat_db
-                .call(move |db| db.read_after(cursor, BATCH))
-                .await?;
-            let full = rows.len() == BATCH;
-            let store = self.store.clone();
-            let now = Instant::now();
-            let mut t = std::mem::take(tracker);
-            let (result, t) = crate::blocking(move || {
-                let r = commit_batch(&store, cursor, &rows, &mut t, now);
-                (r, t)
-            })
-            .await;
-            *tracker = t;
-            let (n, new_cursor, last_ms) = result?;
-            appended += n;
-            if n > 0 {
-                // Wake the link now, not after the update and delete scans.
-                self.outbox.notify_one();
-            }
-            if let Some(ms) = last_ms {
-                self.health.send_modify(|h| h.last_row_ms = Some(ms));
-            }
-            if !full || new_cursor == cursor {
-                cursor = new_cursor;
-                break;
-            }
-            cursor = new_cursor;
-        }
-        appended += self.scan_updates(tracker, cursor).await?;
-        appended += self.scan_deletes(tracker, cursor).await?;
+        appended += self.scan_changes(tracker, cursor).await?;
         let marks = tracker.marks();
         if marks != tracker.persisted {
             let store = self.store.clone();
@@ -191,6 +220,31 @@ impl Reader {
         tracker.seed_silently = false;
         tracker.seen = Some((probe.generation, probe.version));
         Ok(appended)
+    }
+
+    fn publish(&self, last_ms: Option<i64>) {
+        if let Some(ms) = last_ms {
+            self.health.send_modify(|h| h.last_row_ms = Some(ms));
+        }
+    }
+
+    /// Status changes in the recent window and hard deletes, read in one
+    /// trip to the blocking pool.
+    async fn scan_changes(&self, tracker: &mut Tracker, cursor: i64) -> Result<usize, ScanError> {
+        let lo = (cursor - WINDOW).max(0);
+        let deleted_after = tracker.deleted_cursor;
+        let (statuses, deleted) = self
+            .chat_db
+            .call(move |db| {
+                let deleted = match deleted_after {
+                    Some(after) => db.deleted_after(after, BATCH)?,
+                    None => Vec::new(),
+                };
+                Ok((db.status_window(lo, cursor)?, deleted))
+            })
+            .await?;
+        let updates = self.scan_updates(tracker, cursor, statuses).await?;
+        Ok(updates + self.scan_deletes(tracker, cursor, deleted).await?)
     }
 
     /// The database was rebuilt or replaced: its ROWIDs no longer line up
@@ -226,12 +280,13 @@ impl Reader {
     }
 
     /// Diffs the status columns of the recent window against what was seen.
-    async fn scan_updates(&self, tracker: &mut Tracker, cursor: i64) -> Result<usize, ScanError> {
+    async fn scan_updates(
+        &self,
+        tracker: &mut Tracker,
+        cursor: i64,
+        statuses: Vec<StatusRow>,
+    ) -> Result<usize, ScanError> {
         let lo = (cursor - WINDOW).max(0);
-        let statuses = self
-            .chat_db
-            .call(move |db| db.status_window(lo, cursor))
-            .await?;
         let mut changed = Vec::new();
         for s in &statuses {
             let before = tracker.known.get(&s.rowid);
@@ -267,14 +322,12 @@ impl Reader {
     }
 
     /// Hard deletes, from the GUIDs Apple's trigger logs in `deleted_messages`.
-    async fn scan_deletes(&self, tracker: &mut Tracker, cursor: i64) -> Result<usize, ScanError> {
-        let Some(after) = tracker.deleted_cursor else {
-            return Ok(0);
-        };
-        let deleted = self
-            .chat_db
-            .call(move |db| db.deleted_after(after, BATCH))
-            .await?;
+    async fn scan_deletes(
+        &self,
+        tracker: &mut Tracker,
+        cursor: i64,
+        deleted: Vec<(i64, String)>,
+    ) -> Result<usize, ScanError> {
         let Some(&(last, _)) = deleted.last() else {
             return Ok(0);
         };
@@ -314,6 +367,26 @@ pub const WINDOW: i64 = 500;
 /// A row whose date is this far behind the newest live row is iCloud
 /// backfill, not a new message (real floods were 82 min to 14 h old, §17.2).
 pub const BACKFILL_LAG_NS: i64 = 30 * 60 * 1_000_000_000;
+
+/// What the reader expects of the database, to decide inside the probe's
+/// trip to the blocking pool whether a plain read after the cursor is what
+/// the scan will do (no baseline, no rebuild, something committed).
+#[derive(Debug, Clone, Copy)]
+struct Expect {
+    identity: Option<u64>,
+    seen: Option<(u64, i64)>,
+    /// No held-back row or pending download forces a scan.
+    idle_ok: bool,
+    /// Marks and the newest live date are known (not the first scan).
+    ready: bool,
+}
+
+impl Expect {
+    fn plain_read(&self, probe: &Probe, cursor: i64) -> bool {
+        let unchanged = self.seen == Some((probe.generation, probe.version)) && self.idle_ok;
+        self.ready && !unchanged && self.identity == probe.identity && probe.high_water >= cursor
+    }
+}
 
 /// What one cheap query says about the database before a scan.
 #[derive(Debug, Clone, Copy)]
@@ -508,6 +581,68 @@ pub fn update_events(row: &MessageRow, before: Option<&RowStatus>) -> Vec<(Strin
     out
 }
 
+/// What [`read_new`] did.
+#[derive(Debug, Clone, Copy)]
+struct Read {
+    appended: usize,
+    cursor: i64,
+    last_ms: Option<i64>,
+}
+
+/// Reads the rows after `cursor` in batches and commits each batch's events
+/// with the new cursor, waking the link after each commit. Runs on the
+/// blocking pool, inside the chat.db call.
+fn read_new(
+    db: &crate::chatdb::ChatDb,
+    store: &Store,
+    outbox: &Notify,
+    tracker: &mut Tracker,
+    mut cursor: i64,
+) -> Result<Read, ScanError> {
+    let mut read = Read {
+        appended: 0,
+        cursor,
+        last_ms: None,
+    };
+    loop {
+        let rows = db.read_after(cursor, BATCH)?;
+        let full = rows.len() == BATCH;
+        let (n, new_cursor, last_ms) = commit_batch(store, cursor, &rows, tracker, Instant::now())?;
+        read.appended += n;
+        read.last_ms = last_ms.or(read.last_ms);
+        if n > 0 {
+            // Wake the link now, not after the update and delete scans.
+            outbox.notify_one();
+        }
+        let stop = !full || new_cursor == cursor;
+        cursor = new_cursor;
+        read.cursor = cursor;
+        if stop {
+            return Ok(read);
+        }
+    }
+}
+
+/// The tracker, lent to a closure on the blocking pool. It comes back even
+/// when the closure never runs (the database cannot be opened) or fails.
+#[derive(Clone)]
+struct TrackerSlot(Arc<std::sync::Mutex<Tracker>>);
+
+impl TrackerSlot {
+    fn new(tracker: &mut Tracker) -> TrackerSlot {
+        TrackerSlot(Arc::new(std::sync::Mutex::new(std::mem::take(tracker))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts the tracker back (the blocking call has finished).
+    fn restore(self, tracker: &mut Tracker) {
+        *tracker = std::mem::take(&mut *self.lock());
+    }
+}
+
 /// Builds the events of `rows` and commits them with the new cursor. Returns
 /// (events appended, new cursor, date of the newest row).
 fn commit_batch(
@@ -593,12 +728,57 @@ fn commit_batch(
     if tracker.orphan.is_some_and(|(rowid, _)| rowid <= new_cursor) {
         tracker.orphan = None;
     }
+    if !events.is_empty() {
+        probe::events_read(&events);
+    }
     let n = if new_cursor == cursor {
         0
     } else {
         store.append_events(new_cursor, events)?.len()
     };
     Ok((n, new_cursor, last_ms))
+}
+
+/// A way for a benchmark to see the moment the reader has produced events,
+/// before they are committed to the store: `sim bench-wakeup` measures
+/// commit-to-read with it. Process-wide (the reader struct is built by the
+/// daemon and carries no hooks); costs one atomic load per batch when unset.
+pub mod probe {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Mutex, mpsc};
+    use std::time::Instant;
+
+    use whatsnap_proto::frame::Body;
+
+    static SET: AtomicBool = AtomicBool::new(false);
+    static SINK: Mutex<Option<mpsc::Sender<(String, Instant)>>> = Mutex::new(None);
+
+    /// Sends `(message GUID, when read)` for every `event.message` the
+    /// reader produces from now on, until [`clear`].
+    pub fn install(sink: mpsc::Sender<(String, Instant)>) {
+        *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+        SET.store(true, Ordering::Release);
+    }
+
+    /// Stops [`install`]'s reports.
+    pub fn clear() {
+        SET.store(false, Ordering::Release);
+        *SINK.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    pub(super) fn events_read(events: &[(String, Body)]) {
+        if !SET.load(Ordering::Acquire) {
+            return;
+        }
+        let now = Instant::now();
+        if let Some(sink) = SINK.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            for (_, body) in events {
+                if let Body::EventMessage(m) = body {
+                    let _ = sink.send((m.guid.clone(), now));
+                }
+            }
+        }
+    }
 }
 
 /// Why a scan failed.

@@ -9,6 +9,15 @@
 //! survives WAL re-creation; the file watches are re-armed whenever the
 //! folder reports one of the files created, removed or renamed. Ticks go
 //! through a `watch` channel, which coalesces a burst into one wake-up.
+//!
+//! A file event comes too early to be the last word: SQLite writes a
+//! transaction's WAL frames (the events) and only then syncs the file and
+//! publishes the commit in the shared-memory index, which no watcher sees.
+//! A reader woken by the last write can look before the commit is visible
+//! and then hear nothing more until the safety poll, seconds later. So each
+//! file event is followed by a few settle ticks ([`SETTLE`], ~130 ms in
+//! all, restarted by every new event); each costs the reader one cheap
+//! `data_version` probe. An idle folder gets none.
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,6 +28,25 @@ use tokio_util::sync::CancellationToken;
 
 /// Default safety poll.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Delays of the ticks that follow a file event, each after the previous
+/// one: every millisecond while a commit is most likely becoming visible
+/// (a sync takes ~0.1–5 ms), then backing off.
+pub const SETTLE: [Duration; 10] = {
+    const MS: Duration = Duration::from_millis(1);
+    [
+        MS,
+        MS,
+        MS,
+        MS,
+        Duration::from_millis(2),
+        Duration::from_millis(4),
+        Duration::from_millis(8),
+        Duration::from_millis(16),
+        Duration::from_millis(32),
+        Duration::from_millis(64),
+    ]
+};
 
 /// Publishes a new tick on `ticks` whenever chat.db may have changed, until
 /// `shutdown`. The watcher stops with the returned guard.
@@ -38,6 +66,10 @@ pub fn spawn(
         .unwrap_or_else(|| Path::new("."))
         .to_path_buf();
     let event_ticks = ticks.clone();
+    // File events wake the reader at once (on notify's thread) and start or
+    // restart the settle ticks.
+    let (settle_tx, settle_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let event_settle = settle_tx.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         let relevant = event.paths.iter().any(|p| {
@@ -46,6 +78,7 @@ pub fn spawn(
         });
         if relevant {
             event_ticks.send_modify(|t| *t = t.wrapping_add(1));
+            let _ = event_settle.send(());
         }
     });
     let watcher = match watcher {
@@ -105,9 +138,11 @@ pub fn spawn(
         let _dir_watcher_rearm = dir_watcher_rearm.ok();
         let arm = || -> Option<notify::RecommendedWatcher> {
             let t = file_ticks.clone();
+            let settle = settle_tx.clone();
             let mut w = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 if event.is_ok() {
                     t.send_modify(|n| *n = n.wrapping_add(1));
+                    let _ = settle.send(());
                 }
             })
             .ok()?;
@@ -132,6 +167,7 @@ pub fn spawn(
         }
     });
     drop(rearm_tx);
+    tokio::spawn(settle(settle_rx, ticks.clone(), shutdown.clone()));
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(poll);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -143,4 +179,62 @@ pub fn spawn(
         }
     });
     watcher
+}
+
+/// Sends the [`SETTLE`] ticks after each file event, starting over when
+/// another event arrives before they are done.
+async fn settle(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<()>,
+    ticks: watch::Sender<u64>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            got = events.recv() => if got.is_none() { return },
+        }
+        let mut step = 0;
+        while step < SETTLE.len() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                got = events.recv() => {
+                    if got.is_none() { return }
+                    // A burst: drain it and start over from its last event.
+                    while events.try_recv().is_ok() {}
+                    step = 0;
+                }
+                () = tokio::time::sleep(SETTLE[step]) => {
+                    ticks.send_modify(|t| *t = t.wrapping_add(1));
+                    step += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A commit becomes visible after its last file event; the reader must
+    /// hear about it within a millisecond or two, not at the next poll.
+    #[tokio::test(start_paused = true)]
+    async fn a_file_event_is_followed_by_settle_ticks_then_silence() {
+        let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ticks, ticks_rx) = watch::channel(0u64);
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(settle(rx, ticks, shutdown.clone()));
+        events.send(()).expect("send");
+        tokio::time::sleep(Duration::from_micros(1500)).await;
+        assert_eq!(*ticks_rx.borrow(), 1, "one tick a millisecond after");
+        let all: Duration = SETTLE.iter().sum();
+        tokio::time::sleep(all + POLL_INTERVAL).await;
+        assert_eq!(*ticks_rx.borrow(), SETTLE.len() as u64, "then silence");
+        // A new event starts the ticks over.
+        events.send(()).expect("send");
+        tokio::time::sleep(all + POLL_INTERVAL).await;
+        assert_eq!(*ticks_rx.borrow(), 2 * SETTLE.len() as u64);
+        shutdown.cancel();
+        task.await.expect("settle task");
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use whatsnap_mac::chatdb::{ChatDb, MessageRow, RowKind};
+use whatsnap_mac::chatdb::{ChatDb, MessageRow, RowKind, bulk};
 use whatsnap_mac::sim::kinds::{SimAttachment, SimChat, SimRow, TAPBACK_EMOJI, TAPBACK_LOVE};
 use whatsnap_mac::sim::{Release, Simulator};
 use whatsnap_proto::frame::{AttachmentState, Body, ChatKind, HandleKind};
@@ -259,6 +259,38 @@ fn every_kind_on(release: Release) {
         message(row(&rows, &later.guid)).group_name.as_deref(),
         Some("New name")
     );
+    bulk_read_matches_row_by_row(&path, &rows);
+}
+
+/// `messages` (the parallel bulk read, lean SELECT, chats looked up once)
+/// prints exactly what the reader's row-by-row path gives, on every chunk
+/// size and worker count; and the merged read (`read_after`) gives the same
+/// rows as the joined single-row query (`rows_by_id`).
+fn bulk_read_matches_row_by_row(path: &Path, rows: &[MessageRow]) {
+    let db = ChatDb::open(path).expect("reader opens");
+    let ids: Vec<i64> = rows.iter().map(|r| r.rowid).collect();
+    assert_eq!(db.rows_by_id(&ids).expect("rows by id"), rows);
+    let mut expected = Vec::new();
+    for r in rows {
+        if let Some(body) = r.to_body(None) {
+            whatsnap_mac::cli::messages::write_line(&mut expected, &body).expect("json");
+        }
+    }
+    assert!(!expected.is_empty());
+    for (workers, chunk) in [(1, 4096), (2, 1), (2, 3), (3, 7)] {
+        let mut got = Vec::new();
+        let progress = bulk::read_json_in_chunks(path, 0, workers, chunk, |lines, _| {
+            got.extend_from_slice(lines);
+            Ok(())
+        })
+        .expect("bulk read");
+        assert_eq!(progress.rows, rows.len() as u64);
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            String::from_utf8_lossy(&expected),
+            "{workers} workers, chunks of {chunk} ROWIDs"
+        );
+    }
 }
 
 #[test]

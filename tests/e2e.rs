@@ -323,7 +323,7 @@ async fn a_wrong_pairing_code_is_refused_with_a_clear_error() {
     let base = sys.relay.as_ref().expect("relay").base_url();
     let home = sys.dir.path().join("other-home");
     let out = Command::new(EXE)
-        .args(["pair", "--server", &base, "WRNG-CODE", "--home"])
+        .args(["pair", "--force", "--server", &base, "WRNG-CODE", "--home"])
         .arg(&home)
         .output()
         .await

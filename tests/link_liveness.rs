@@ -164,6 +164,7 @@ impl Rig {
             store: store.clone(),
             outbox: outbox.clone(),
             send_wake: Arc::new(Notify::new()),
+            admission: None,
             state: state_tx,
             reader_health: health,
             started: Instant::now(),

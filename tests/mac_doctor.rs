@@ -26,22 +26,49 @@ fn snapshot(name: &str, actual: &str) {
     assert_eq!(actual, expected, "snapshot {name} differs");
 }
 
-/// A service answering `/healthz` with its clock `skew_secs` off ours.
+/// A service answering `/healthz` and `GET /v1/device` (for the token
+/// `secret-token` only) with its clock `skew_secs` off ours.
 async fn service(skew_secs: i64) -> String {
+    service_accepting(skew_secs, "secret-token").await
+}
+
+async fn service_accepting(skew_secs: i64, token: &'static str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let mut buf = vec![0u8; 4096];
-            let _ = stream.read(&mut buf).await;
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
             let t = jiff::Timestamp::now()
                 .checked_add(jiff::SignedDuration::from_secs(skew_secs))
                 .expect("time");
             let date = jiff::fmt::rfc2822::DateTimePrinter::new()
                 .timestamp_to_rfc9110_string(&t)
                 .expect("date");
+            let (status, body) = if request.starts_with("GET /v1/device ") {
+                let authorized = request
+                    .lines()
+                    .any(|l| l.eq_ignore_ascii_case(&format!("authorization: Bearer {token}")));
+                if authorized {
+                    let view = serde_json::json!({
+                        "device_id": "dev",
+                        "account_id": "acc",
+                        "account_name": "Mike",
+                        "account_tag": "whatsnap-account-Mike",
+                        "now_ms": t.as_millisecond(),
+                    });
+                    ("200 OK", view.to_string())
+                } else {
+                    let err = serde_json::json!({"error": {"code": "revoked", "message": "this device was unpaired or removed by an admin; run `whatsnap-mac pair` with a new code"}});
+                    ("401 Unauthorized", err.to_string())
+                }
+            } else {
+                ("200 OK", "ok".to_owned())
+            };
             let answer = format!(
-                "HTTP/1.1 200 OK\r\nDate: {date}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                "HTTP/1.1 {status}\r\nDate: {date}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
             );
             let _ = stream.write_all(answer.as_bytes()).await;
         }
@@ -153,16 +180,64 @@ fn outcome<'a>(json: &'a serde_json::Value, id: &str) -> &'a str {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_healthy_mac_passes_every_check_but_the_token_which_needs_the_daemon() {
+async fn a_healthy_mac_passes_every_check_and_the_token_is_proven_live() {
     let setup = Setup::green().await;
     let (run, json) = setup.doctor().await;
     assert_eq!(run.code, 0, "{}", run.stdout);
     assert_eq!(json["ok"], true);
     for check in json["checks"].as_array().expect("checks") {
-        let expected = if check["id"] == "token" { "skip" } else { "ok" };
-        assert_eq!(check["outcome"], expected, "{check}");
+        assert_eq!(check["outcome"], "ok", "{check}");
     }
+    // No daemon runs: the token was shown to the service by doctor itself.
+    assert!(!run.stdout.contains("secret-token"), "{}", run.stdout);
     snapshot("doctor_green.json", &setup.normalized(&json));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_is_read_from_the_keychain_when_the_pairing_put_it_there() {
+    let setup = Setup::green().await;
+    let path = setup.mac.home().join("credentials.json");
+    let mut file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    let token = file["device_token"].take();
+    assert_eq!(token, "secret-token");
+    file.as_object_mut().expect("object").remove("device_token");
+    file["token_store"] = "keychain".into();
+    std::fs::write(&path, file.to_string()).expect("write");
+    setup
+        .mac
+        .knob("keychain", "whatsnap-mac\tdev\tsecret-token\n");
+    let (run, json) = setup.doctor().await;
+    assert_eq!(outcome(&json, "token"), "ok", "{}", run.stdout);
+    let reads = setup.mac.calls_of("security");
+    assert!(
+        reads
+            .iter()
+            .any(|c| c[..2] == ["find-generic-password", "-s"]),
+        "{reads:?}"
+    );
+    // The token was read from security's output, never passed to it.
+    assert!(
+        reads.iter().flatten().all(|a| a != "secret-token"),
+        "{reads:?}"
+    );
+
+    // The item gone (deleted in Keychain Access): the token check says so.
+    setup.mac.knob("keychain", "");
+    let (_, json) = setup.doctor().await;
+    assert_eq!(outcome(&json, "token"), "fail");
+    let token = json["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["id"] == "token")
+        .expect("token check");
+    assert!(
+        token["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("Keychain has no WhatSnap token")),
+        "{token}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -220,6 +295,9 @@ async fn each_failure_is_named_with_its_fix() {
         }),
         ("clock_skew", "clock", "fail", |s| {
             Box::pin(async move { s.pair(&service(-3600).await) })
+        }),
+        ("token_rejected", "token", "fail", |s| {
+            Box::pin(async move { s.pair(&service_accepting(0, "another-token").await) })
         }),
     ];
     for (name, id, expected, breaker) in cases {

@@ -13,13 +13,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use whatsnap_mac::chatdb::SharedChatDb;
-use whatsnap_mac::send::download::Downloads;
+use whatsnap_mac::send::download::{Downloads, sha256_hex};
 use whatsnap_mac::send::runner::Runner;
-use whatsnap_mac::send::{MacosProbe, SendSettings, Sender, scripts::MacosVersion};
+use whatsnap_mac::send::{
+    Admission, MacosProbe, SendSettings, SendWorker, Sender, scripts::MacosVersion,
+};
 use whatsnap_mac::sim::Simulator;
 use whatsnap_mac::sim::fake_osascript::{self, CONTROL_ENV, Control, LOG_ENV};
 use whatsnap_mac::sim::sends::SendSim;
-use whatsnap_mac::store::{SendPhase, Store};
+use whatsnap_mac::store::{Accepted, SendPhase, Store};
 use whatsnap_proto::frame::{
     Body, CmdSend, OutboundAttachment, SendResult, SendState, SendTo, ServicePref,
 };
@@ -74,6 +76,19 @@ impl Daemon {
         &self,
         downloads: Option<Downloads>,
     ) -> tokio::task::JoinHandle<Option<SendResult>> {
+        tokio::spawn(self.worker(downloads).run(self.shutdown.clone()))
+    }
+
+    /// Starts a sender and returns the handle the link accepts commands
+    /// through.
+    fn start_admitting(&self) -> Admission {
+        let worker = self.worker(None);
+        let admission = worker.admission();
+        tokio::spawn(worker.run(self.shutdown.clone()));
+        admission
+    }
+
+    fn worker(&self, downloads: Option<Downloads>) -> SendWorker {
         // The fake reads its control and log files from the environment; a
         // second wrapper sets them, so tests never touch the process env.
         let osascript =
@@ -104,11 +119,10 @@ impl Daemon {
         .with_probe(MacosProbe::Fixed(
             MacosVersion::parse("15.3").expect("version"),
         ));
-        let worker = match downloads {
+        match downloads {
             Some(d) => worker.with_downloads(d),
             None => worker,
-        };
-        tokio::spawn(worker.run(self.shutdown.clone()))
+        }
     }
 
     /// Delivers a `cmd.send` as the link does: accepted into the store, then
@@ -141,6 +155,20 @@ impl Daemon {
     fn calls(&self) -> usize {
         std::fs::read_to_string(self.dir.path().join("osascript.jsonl"))
             .map_or(0, |t| t.lines().count())
+    }
+
+    /// Every file under the staging folder.
+    fn staged_files(&self) -> Vec<PathBuf> {
+        let root = self
+            .chat_db
+            .parent()
+            .expect("dir")
+            .join("Attachments/whatsnap");
+        if root.exists() {
+            walk(&root)
+        } else {
+            Vec::new()
+        }
     }
 
     fn send_results_in_outbox(&self) -> Vec<SendResult> {
@@ -387,7 +415,7 @@ async fn a_file_the_service_hosts_is_fetched_with_the_device_token_then_sent() {
         name: "../photo \"1\".gif".into(),
         mime: Some("image/gif".into()),
         size: 6,
-        sha256: String::new(),
+        sha256: sha256_hex(b"GIF89a"),
     }];
     d.command(&c);
     let result = d.result("ghl:photo").await;
@@ -411,7 +439,7 @@ async fn a_file_the_service_hosts_is_fetched_with_the_device_token_then_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_download_of_the_wrong_size_fails_before_messages_is_asked() {
+async fn a_download_of_the_wrong_size_is_rejected_before_messages_is_asked() {
     let mut d = Daemon::new(SendSettings::default());
     d.control(&Control::default());
     let (url, _auth) = attachment_server(b"short").await;
@@ -422,12 +450,97 @@ async fn a_download_of_the_wrong_size_fails_before_messages_is_asked() {
         name: "x.pdf".into(),
         mime: None,
         size: 999,
-        sha256: String::new(),
+        sha256: sha256_hex(b"short"),
     }];
     d.command(&c);
     let result = d.result("ghl:bad").await;
-    assert_eq!(result.state, SendState::Failed, "{result:?}");
-    assert_eq!(result.error.expect("why").code, "attachment_staging");
+    assert_eq!(result.state, SendState::Rejected, "{result:?}");
+    assert_eq!(result.error.expect("why").code, "bad_attachment");
+    assert_eq!(d.calls(), 0);
+    assert_eq!(
+        d.staged_files(),
+        Vec::<PathBuf>::new(),
+        "the short file is gone"
+    );
+    d.shutdown.cancel();
+}
+
+/// Regression: a downloaded file was checked for its size only, so a file
+/// whose bytes were not the CRM's (a swapped or corrupted object behind the
+/// link) went out to the customer, after the text of the same send.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_downloaded_file_whose_sha256_does_not_match_is_rejected_and_deleted_and_nothing_is_sent()
+{
+    let mut d = Daemon::new(SendSettings {
+        file_gap: Duration::ZERO,
+        ..SendSettings::default()
+    });
+    d.control(&Control::default());
+    // The right size, the wrong bytes.
+    let (url, mut auth) = attachment_server(b"EVIL89").await;
+    let _worker = d.start_with(Some(Downloads::new(client(), "wsd_token".into())));
+    let mut c = cmd("ghl:swapped", ANN, "Here is your contract");
+    c.attachments = vec![OutboundAttachment {
+        url,
+        name: "contract.pdf".into(),
+        mime: Some("application/pdf".into()),
+        size: 6,
+        sha256: sha256_hex(b"GIF89a"),
+    }];
+    d.command(&c);
+    let result = d.result("ghl:swapped").await;
+    assert_eq!(result.state, SendState::Rejected, "{result:?}");
+    assert!(result.guids.is_empty(), "{result:?}");
+    let error = result.error.expect("why");
+    assert_eq!(error.code, "bad_attachment");
+    assert!(
+        error.message.contains("SHA-256")
+            && error.message.contains(&sha256_hex(b"GIF89a"))
+            && error.message.contains(&sha256_hex(b"EVIL89")),
+        "says what was expected and what came: {}",
+        error.message
+    );
+    assert!(!error.message.contains("sig="), "no signature in messages");
+    assert_eq!(auth.recv().await.as_deref(), Some("Bearer wsd_token"));
+    assert_eq!(
+        d.calls(),
+        0,
+        "neither the text nor the file reached Messages"
+    );
+    assert_eq!(
+        SendSim::open(&d.chat_db)
+            .expect("sim")
+            .from_me_rows()
+            .expect("rows"),
+        Vec::<(String, String)>::new()
+    );
+    assert_eq!(
+        d.staged_files(),
+        Vec::<PathBuf>::new(),
+        "the wrong file is deleted"
+    );
+    d.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_the_service_hosts_without_a_valid_sha256_is_rejected_unfetched() {
+    let mut d = Daemon::new(SendSettings::default());
+    d.control(&Control::default());
+    let (url, mut auth) = attachment_server(b"GIF89a").await;
+    let _worker = d.start_with(Some(Downloads::new(client(), "t".into())));
+    let mut c = cmd("ghl:nosum", ANN, "");
+    c.attachments = vec![OutboundAttachment {
+        url,
+        name: "x.gif".into(),
+        mime: None,
+        size: 6,
+        sha256: String::new(),
+    }];
+    d.command(&c);
+    let result = d.result("ghl:nosum").await;
+    assert_eq!(result.state, SendState::Rejected, "{result:?}");
+    assert_eq!(result.error.expect("why").code, "bad_attachment");
+    assert!(auth.try_recv().is_err(), "not even downloaded");
     assert_eq!(d.calls(), 0);
     d.shutdown.cancel();
 }
@@ -449,4 +562,104 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// The link's way in: a command reaching an idle worker is accepted and
+/// begun in one commit, so by the time the link may ack it the send is
+/// already `dispatching` (never a durable `queued` in between).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_for_an_idle_worker_is_dispatching_as_soon_as_it_may_be_acked() {
+    let d = Daemon::new(SendSettings::default());
+    d.control(&Control::default());
+    let admission = d.start_admitting();
+    admission.until_idle().await;
+    let accepted = admission
+        .accept(1, Some(cmd("ghl:now", ANN, "On my way")))
+        .await
+        .expect("accept");
+    assert_eq!(accepted, Accepted::Queued);
+    let phase = d
+        .store
+        .send_record("ghl:now")
+        .expect("read")
+        .expect("kept")
+        .phase;
+    assert_ne!(
+        phase,
+        SendPhase::Queued,
+        "acceptance and dispatching are one commit"
+    );
+    assert_eq!(d.result("ghl:now").await.state, SendState::Sent);
+    assert_eq!(d.calls(), 1);
+    assert_eq!(d.send_results_in_outbox().len(), 1);
+    // The service sends it again (its ack was lost): answered from the
+    // store, never dispatched again.
+    admission.until_idle().await;
+    d.store.ack_events(u64::MAX / 2).expect("ack");
+    d.store.adopt_commands_epoch("E2").expect("epoch");
+    let again = admission
+        .accept(7, Some(cmd("ghl:now", ANN, "On my way")))
+        .await
+        .expect("accept");
+    assert_eq!(again, Accepted::Duplicate);
+    assert_eq!(
+        d.send_results_in_outbox().len(),
+        1,
+        "the stored result again"
+    );
+    assert_eq!(d.calls(), 1);
+    // A seq already processed is a duplicate, written nowhere.
+    admission.until_idle().await;
+    let old = admission
+        .accept(7, Some(cmd("ghl:other", ANN, "x")))
+        .await
+        .expect("accept");
+    assert_eq!(old, Accepted::Duplicate);
+    assert!(d.store.send_record("ghl:other").expect("read").is_none());
+    d.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_arriving_while_a_send_is_in_flight_is_queued_behind_it() {
+    let d = Daemon::new(SendSettings::default());
+    // A slow Messages keeps the first send in flight.
+    d.control(&Control {
+        hang: true,
+        ..Control::default()
+    });
+    let admission = d.start_admitting();
+    admission.until_idle().await;
+    admission
+        .accept(1, Some(cmd("first", ANN, "one")))
+        .await
+        .expect("accept");
+    let second = admission
+        .accept(2, Some(cmd("second", ANN, "two")))
+        .await
+        .expect("accept");
+    assert_eq!(
+        second,
+        Accepted::Queued,
+        "accepted without waiting for the first"
+    );
+    let phase = d
+        .store
+        .send_record("second")
+        .expect("read")
+        .expect("kept")
+        .phase;
+    assert_eq!(phase, SendPhase::Queued, "it waits its turn");
+    d.control(&Control::default());
+    assert_eq!(d.result("first").await.state, SendState::Sent);
+    assert_eq!(d.result("second").await.state, SendState::Sent);
+    let order: Vec<String> = std::fs::read_to_string(d.dir.path().join("osascript.jsonl"))
+        .expect("log")
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
+            v["args"][0].as_str().expect("text").to_owned()
+        })
+        .collect();
+    assert_eq!(order, vec!["one", "two"], "in order, once each");
+    d.shutdown.cancel();
 }

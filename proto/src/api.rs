@@ -56,6 +56,35 @@ pub struct PairResponse {
     pub settings: Option<SettingsData>,
 }
 
+/// `GET /v1/device` answer (device token): who the service takes this device
+/// for, and its clock, so `whatsnap-mac doctor` can prove the token with a
+/// live request and measure clock skew without the running daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceView {
+    /// The device the token belongs to.
+    pub device_id: String,
+    /// Its account.
+    pub account_id: String,
+    /// The account's display name.
+    pub account_name: String,
+    /// The account's tag.
+    pub account_tag: String,
+    /// The service's clock when it answered, Unix ms.
+    pub now_ms: i64,
+}
+
+/// `POST /v1/device/token/rotate` answer: the device's new token. The token
+/// the request carried keeps working until `previous_valid_until_ms` (24 h),
+/// so a daemon that crashes before storing the new one can still connect
+/// and rotate again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateTokenResponse {
+    /// The new bearer token, `wsd_…`; shown once, stored hashed.
+    pub device_token: String,
+    /// When the previous token stops working, Unix ms.
+    pub previous_valid_until_ms: i64,
+}
+
 /// The body of every error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiError {

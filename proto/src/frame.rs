@@ -73,6 +73,35 @@ macro_rules! bodies {
                 match ty { $( $name => $stream, )* _ => None }
             }
 
+            /// Writes the `data` object as JSON text, straight from the
+            /// typed struct (no intermediate [`Value`]).
+            fn write_data(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+                match self { $( Body::$variant(d) => serde_json::to_writer(out, d), )* }
+            }
+
+            /// The body of type `ty` from its `data` JSON text, as stored by
+            /// a sender's outbox. `Ok(None)` for a type this version does
+            /// not know.
+            pub fn from_data_json(ty: &str, data: &str) -> Result<Option<Body>, serde_json::Error> {
+                match ty {
+                    $( $name => serde_json::from_str::<$ty>(data).map(|d| Some(Body::$variant(d))), )*
+                    _ => Ok(None),
+                }
+            }
+
+            /// Reads the `data` value of an envelope whose `type` was already
+            /// seen, typed, from the parser. `Ok(None)` for an unknown type
+            /// (the value is then skipped).
+            fn next_data<'de, A: serde::de::MapAccess<'de>>(
+                ty: &str,
+                map: &mut A,
+            ) -> Result<Option<Body>, A::Error> {
+                match ty {
+                    $( $name => map.next_value::<$ty>().map(|d| Some(Body::$variant(d))), )*
+                    _ => map.next_value::<serde::de::IgnoredAny>().map(|_| None),
+                }
+            }
+
             /// `Ok(None)` for a type this version does not know.
             fn from_parts(ty: &str, data: Value) -> Result<Option<Body>, serde_json::Error> {
                 match ty {
@@ -249,6 +278,146 @@ struct RawEnvelope {
 
 /// Reads one frame from its JSON text.
 pub fn decode(text: &str) -> Result<Frame, DecodeError> {
+    // Valid frames take the one-pass path; anything it does not accept is
+    // read again by the general path, which says precisely what is wrong.
+    if let Ok(Fast(Some(frame))) = serde_json::from_str::<Fast>(text) {
+        return Ok(frame);
+    }
+    decode_general(text)
+}
+
+/// The result of the one-pass decoder: `None` when the frame is not a valid
+/// frame of a known type (the general path then explains why).
+struct Fast(Option<Frame>);
+
+impl<'de> Deserialize<'de> for Fast {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Fast, D::Error> {
+        d.deserialize_map(FastVisitor)
+    }
+}
+
+struct FastVisitor;
+
+/// An envelope key, read without allocating.
+enum Key {
+    V,
+    Type,
+    Id,
+    Ts,
+    Seq,
+    ReplyTo,
+    Data,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl serde::de::Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, k: &str) -> Result<Key, E> {
+                Ok(match k {
+                    "v" => Key::V,
+                    "type" => Key::Type,
+                    "id" => Key::Id,
+                    "ts" => Key::Ts,
+                    "seq" => Key::Seq,
+                    "reply_to" => Key::ReplyTo,
+                    "data" => Key::Data,
+                    _ => Key::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FastVisitor {
+    type Value = Fast;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a frame envelope")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Fast, A::Error> {
+        let (mut v, mut ty, mut id, mut ts) = (None, None::<String>, None::<String>, None);
+        let (mut seq, mut reply_to) = (None::<Option<u64>>, None::<Option<String>>);
+        // `data` parsed typed when `type` came first (as this crate writes
+        // it), else kept as a value until the end.
+        let mut body = None::<Body>;
+        let mut raw_data = None::<Value>;
+        let mut valid = true;
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::V => v = map.next_value::<Value>()?.as_u64(),
+                Key::Type => {
+                    // A second `type` could contradict typed `data`.
+                    valid &= ty.is_none();
+                    ty = map.next_value::<Option<String>>()?;
+                }
+                Key::Id => id = map.next_value::<Option<String>>()?,
+                Key::Ts => ts = map.next_value::<Value>()?.as_i64(),
+                Key::Seq => {
+                    seq = Some(match map.next_value::<Value>()? {
+                        Value::Null => None,
+                        n => n.as_u64().filter(|s| *s > 0).or_else(|| {
+                            valid = false;
+                            None
+                        }),
+                    });
+                }
+                Key::ReplyTo => reply_to = Some(map.next_value::<Option<String>>()?),
+                Key::Data => match ty.as_deref() {
+                    Some(t) if body.is_none() && raw_data.is_none() => {
+                        match Body::next_data(t, &mut map)? {
+                            Some(b) => body = Some(b),
+                            None => valid = false,
+                        }
+                    }
+                    _ => {
+                        body = None;
+                        raw_data = Some(map.next_value::<Value>()?);
+                    }
+                },
+                Key::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let (Some(ty), Some(id), Some(ts), Some(1)) = (ty, id, ts, v) else {
+            return Ok(Fast(None));
+        };
+        if !valid || id.is_empty() {
+            return Ok(Fast(None));
+        }
+        let body = match (body, raw_data) {
+            (Some(b), None) => b,
+            (None, raw) => {
+                let data = match raw {
+                    None | Some(Value::Null) => Value::Object(Map::new()),
+                    Some(d) => d,
+                };
+                match Body::from_parts(&ty, data) {
+                    Ok(Some(b)) => b,
+                    _ => return Ok(Fast(None)),
+                }
+            }
+            (Some(_), Some(_)) => return Ok(Fast(None)),
+        };
+        Ok(Fast(Some(Frame {
+            id,
+            seq: seq.flatten(),
+            reply_to: reply_to.flatten(),
+            ts,
+            body,
+        })))
+    }
+}
+
+fn decode_general(text: &str) -> Result<Frame, DecodeError> {
     let value: Value =
         serde_json::from_str(text).map_err(|e| DecodeError::NotJson(e.to_string()))?;
     let id_hint = value.get("id").and_then(Value::as_str).map(str::to_owned);
@@ -363,10 +532,67 @@ impl Frame {
         Value::Object(map)
     }
 
-    /// The frame as JSON text, ready to send.
+    /// The frame as JSON text, ready to send: the same object as
+    /// [`Frame::to_value`], written in one pass with `type` before `data` so
+    /// that [`decode`] reads it in one pass too.
     pub fn to_json(&self) -> String {
-        self.to_value().to_string()
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"{\"v\":");
+        out.extend_from_slice(PROTOCOL_VERSION.to_string().as_bytes());
+        out.extend_from_slice(b",\"type\":");
+        push_json_str(&mut out, self.body.type_name());
+        out.extend_from_slice(b",\"id\":");
+        push_json_str(&mut out, &self.id);
+        if let Some(seq) = self.seq {
+            out.extend_from_slice(b",\"seq\":");
+            out.extend_from_slice(seq.to_string().as_bytes());
+        }
+        if let Some(reply_to) = &self.reply_to {
+            out.extend_from_slice(b",\"reply_to\":");
+            push_json_str(&mut out, reply_to);
+        }
+        out.extend_from_slice(b",\"ts\":");
+        out.extend_from_slice(self.ts.to_string().as_bytes());
+        out.extend_from_slice(b",\"data\":");
+        let mark = out.len();
+        if self.body.write_data(&mut out).is_err() {
+            // Serializing plain structs of strings, numbers and maps cannot
+            // fail; should it, the frame still goes out, as `to_value` would.
+            out.truncate(mark);
+            out.extend_from_slice(b"{}");
+        }
+        out.push(b'}');
+        // serde_json writes UTF-8 only.
+        String::from_utf8(out).unwrap_or_default()
     }
+
+    /// The text of durable frame `seq` whose `data` is already JSON text (as
+    /// an outbox stores it), without parsing and re-serializing the data.
+    /// `data` must be one JSON object written by this crate's types; the
+    /// receiver reads it back with [`decode`] (or [`Body::from_data_json`]).
+    pub fn durable_json(ty: &str, id: &str, seq: u64, ts: i64, data: &str) -> String {
+        let mut out = Vec::with_capacity(64 + ty.len() + id.len() + data.len());
+        out.extend_from_slice(b"{\"v\":");
+        out.extend_from_slice(PROTOCOL_VERSION.to_string().as_bytes());
+        out.extend_from_slice(b",\"type\":");
+        push_json_str(&mut out, ty);
+        out.extend_from_slice(b",\"id\":");
+        push_json_str(&mut out, id);
+        out.extend_from_slice(b",\"seq\":");
+        out.extend_from_slice(seq.to_string().as_bytes());
+        out.extend_from_slice(b",\"ts\":");
+        out.extend_from_slice(ts.to_string().as_bytes());
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(data.as_bytes());
+        out.push(b'}');
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 fn is_false(b: &bool) -> bool {
@@ -1113,5 +1339,76 @@ mod tests {
         )
         .replying_to("x");
         assert_eq!(decode(&f.to_json()).expect("decodes"), f);
+    }
+
+    fn settings_applied(errors: &[(&str, &str)]) -> Body {
+        Body::SettingsApplied(SettingsApplied {
+            version: 3,
+            errors: errors
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), Value::from(*v)))
+                .collect(),
+        })
+    }
+
+    /// The one-pass reader is only a shortcut: whatever the key order,
+    /// spelling or validity, it must end where the general reader does.
+    #[test]
+    fn one_pass_and_general_decoding_agree() {
+        let texts = [
+            r#"{"v":1,"type":"ping","id":"a","ts":1,"data":{"nonce":"n"}}"#,
+            r#"{"data":{"nonce":"n"},"id":"a","ts":1,"type":"ping","v":1}"#,
+            r#"{"v":1,"type":"ping","id":"a","ts":1,"seq":null,"reply_to":null,"data":{"nonce":"n"}}"#,
+            r#"{"v":1,"type":"ping","id":"a","ts":1,"data":{"nonce":"n"}}"#,
+            r#"{"v":1,"type":"status.request","id":"a","ts":1,"data":null}"#,
+            r#"{"v":1,"type":"settings.applied","id":"a","seq":9,"ts":1,"data":{"version":3,"errors":{"k":"why \"quoted\""}}}"#,
+            r#"{"v":1,"type":"ping","id":"a","ts":1,"data":{"nonce":"n"},"data":{"nonce":"m"}}"#,
+            r#"{"v":1,"type":"ping","id":"a","ts":1,"type":"pong","data":{"nonce":"n"}}"#,
+            r#"{"v":1,"type":"event.hologram","id":"f1","seq":7,"ts":1,"data":{}}"#,
+            r#"{"v":1,"type":"ping","id":"a","ts":1.5,"data":{"nonce":"n"}}"#,
+            r#"{"v":1,"type":"ping","id":"a","ts":1,"data":{"nonce":"n"}} trailing"#,
+            r#"{"v":1,"type":"ping","id":"a","ts":1,"seq":0,"data":{"nonce":"n"}}"#,
+        ];
+        for text in texts {
+            assert_eq!(decode(text), decode_general(text), "{text}");
+        }
+    }
+
+    /// `to_json` writes by hand what `to_value` builds: the same object.
+    #[test]
+    fn written_frames_are_the_canonical_value() {
+        let frames = [
+            Frame::new(
+                settings_applied(&[("k", "a \"quoted\" \\ line\nbreak ✓")]),
+                -5,
+            )
+            .with_seq(12)
+            .replying_to("r\"1"),
+            Frame::new(settings_applied(&[]), 0),
+            Frame::new(Body::StatusRequest(Empty {}), 1),
+        ];
+        for f in frames {
+            let text = f.to_json();
+            let parsed: Value = serde_json::from_str(&text).expect("valid JSON");
+            assert_eq!(parsed, f.to_value(), "{text}");
+            assert_eq!(decode(&text).expect("decodes"), f);
+        }
+    }
+
+    #[test]
+    fn a_stored_data_text_makes_the_same_frame() {
+        let body = settings_applied(&[("k", "v")]);
+        let f = Frame::new(body.clone(), 7).with_seq(3);
+        let data = serde_json::to_string(&f.to_value()["data"]).expect("data");
+        let text = Frame::durable_json(body.type_name(), &f.id, 3, 7, &data);
+        assert_eq!(decode(&text).expect("decodes"), f);
+        assert_eq!(
+            Body::from_data_json(body.type_name(), &data).expect("parses"),
+            Some(body)
+        );
+        assert_eq!(
+            Body::from_data_json("event.hologram", "{}").expect("ok"),
+            None
+        );
     }
 }

@@ -12,7 +12,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use whatsnap_proto::api::{
     AccountView, ApiError, ContactView, CreateAccountRequest, CreateAccountResponse, DeviceInfo,
-    MessageView, PairRequest, PairResponse, PairingCode, SendMessageRequest, SetContactTagRequest,
+    DeviceView, MessageView, PairRequest, PairResponse, PairingCode, RotateTokenResponse,
+    SendMessageRequest, SetContactTagRequest,
 };
 
 /// Errors of [`AdminClient`].
@@ -231,6 +232,18 @@ impl AdminClient {
             device,
         };
         self.call(Method::POST, "/v1/pair", Some(&body)).await
+    }
+
+    /// `GET /v1/device`; the client's token must be a device token.
+    pub async fn device(&self) -> Result<DeviceView, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/device", None).await
+    }
+
+    /// `POST /v1/device/token/rotate`; the client's token must be a device
+    /// token, which keeps working 24 h more.
+    pub async fn rotate_device_token(&self) -> Result<RotateTokenResponse, ClientError> {
+        self.call::<(), _>(Method::POST, "/v1/device/token/rotate", None)
+            .await
     }
 
     /// `GET /healthz`: true when the service answers 200.

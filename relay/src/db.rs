@@ -130,6 +130,17 @@ const MIGRATIONS: &[&str] = &[
     r"
     ALTER TABLE devices ADD COLUMN events_unanchored INTEGER NOT NULL DEFAULT 0;
     ",
+    // 3: token rotation (protocol 13): a device's previous token keeps
+    // working until `valid_until_ms`, so a daemon that crashed before storing
+    // its new token can still connect and rotate again.
+    r"
+    CREATE TABLE previous_device_tokens (
+        token_hash TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        valid_until_ms INTEGER NOT NULL
+    );
+    CREATE INDEX previous_device_tokens_device ON previous_device_tokens(device_id);
+    ",
 ];
 
 /// A handle on the database; cheap to clone.
@@ -182,6 +193,16 @@ fn open_blocking(path: &Path) -> Result<Connection, DbError> {
     conn.pragma_update(None, "synchronous", "NORMAL")
         .map_err(open_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(open_err)?;
+    // Applying an event dirties pages of several `messages` indexes, two in
+    // random order: a cache that holds them saves a read per page, and a
+    // checkpoint every 10,000 pages (40 MB of WAL, instead of 1,000) copies
+    // a page rewritten by many commits once, with one pair of fsyncs. A
+    // catch-up of 100,000 events went from ~12,000 to 17,000-20,000/s.
+    // Durability is unchanged: each commit is in the WAL as before.
+    conn.pragma_update(None, "cache_size", -32768)
+        .map_err(open_err)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 10000)
         .map_err(open_err)?;
     // Applying an event runs a dozen statements; keep them all compiled.
     conn.set_prepared_statement_cache_capacity(64);

@@ -20,11 +20,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post, put};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use whatsnap_proto::api::{
-    AccountView, ApiError, ContactView, CreateAccountRequest, CreateAccountResponse, MessageView,
-    PairRequest, PairResponse, PairingCode, SendMessageRequest, SetContactTagRequest,
+    AccountView, ApiError, ContactView, CreateAccountRequest, CreateAccountResponse, DeviceView,
+    MessageView, PairRequest, PairResponse, PairingCode, RotateTokenResponse, SendMessageRequest,
+    SetContactTagRequest,
 };
 use whatsnap_proto::close;
 
@@ -147,7 +149,8 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/v1/pair", post(pair))
         .route("/v1/device/ws", get(device_ws))
-        .route("/v1/device", delete(unpair))
+        .route("/v1/device", delete(unpair).get(device_view))
+        .route("/v1/device/token/rotate", post(rotate_token))
         .merge(admin)
         .fallback(|| async {
             ApiFailure::new(
@@ -432,6 +435,131 @@ async fn unpair(State(state): State<AppState>, headers: HeaderMap) -> Response {
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// `GET /v1/device`: who the service takes the token's device for, and the
+/// service's clock. `whatsnap-mac doctor` calls it to prove the stored token
+/// with a live request and to measure clock skew.
+async fn device_view(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let device = match device_auth(&state, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let account_id = device.account_id.clone();
+    let account = match state
+        .inner
+        .db
+        .call(move |c| store::account_by_id(c, &account_id))
+        .await
+    {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            return ApiFailure::new(
+                StatusCode::UNAUTHORIZED,
+                "revoked",
+                "this device's account was removed; run `whatsnap-mac pair` with a new code",
+            )
+            .into_response();
+        }
+        Err(e) => return ApiFailure::from(e).into_response(),
+    };
+    Json(DeviceView {
+        device_id: device.id,
+        account_id: account.id,
+        account_name: account.name,
+        account_tag: account.tag,
+        now_ms: now_ms(),
+    })
+    .into_response()
+}
+
+/// `POST /v1/device/token/rotate`: a new token for the device. The one the
+/// request carried (and the one it replaces, if the daemon rotates again
+/// with an older token after a crash) keeps working for 24 h.
+async fn rotate_token(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let device = match device_auth(&state, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let device_id = device.id.clone();
+    let now = now_ms();
+    match state
+        .inner
+        .db
+        .call(move |c| rotate_device_token(c, &device_id, now))
+        .await
+    {
+        Ok(rotated) => {
+            tracing::info!(device = device.id, "device token rotated");
+            Json(rotated).into_response()
+        }
+        Err(e) => ApiFailure::from(e).into_response(),
+    }
+}
+
+/// Gives `device_id` a new token; its current one becomes a previous token,
+/// valid [`secret::PREVIOUS_TOKEN_VALID_MS`] more. Previous tokens already
+/// past their time are dropped on the way.
+fn rotate_device_token(
+    conn: &mut Connection,
+    device_id: &str,
+    now: i64,
+) -> Result<RotateTokenResponse, ServiceError> {
+    let tx = conn.transaction()?;
+    let current: String = tx.query_row(
+        "SELECT token_hash FROM devices WHERE id = ?1",
+        [device_id],
+        |r| r.get(0),
+    )?;
+    let token = secret::new_device_token()?;
+    let valid_until = now + secret::PREVIOUS_TOKEN_VALID_MS;
+    tx.execute(
+        "DELETE FROM previous_device_tokens WHERE valid_until_ms <= ?1",
+        [now],
+    )?;
+    tx.execute(
+        "INSERT OR REPLACE INTO previous_device_tokens (token_hash, device_id, valid_until_ms)
+         VALUES (?1, ?2, ?3)",
+        params![current, device_id, valid_until],
+    )?;
+    tx.execute(
+        "UPDATE devices SET token_hash = ?2 WHERE id = ?1",
+        params![device_id, secret::sha256_hex(&token)],
+    )?;
+    tx.commit()?;
+    Ok(RotateTokenResponse {
+        device_token: token,
+        previous_valid_until_ms: valid_until,
+    })
+}
+
+/// The device whose token hashes to `token_hash`: its current token, or a
+/// previous one still inside its 24 h after a rotation.
+fn device_by_any_token(
+    conn: &Connection,
+    token_hash: &str,
+    now: i64,
+) -> Result<Option<store::DeviceAuth>, ServiceError> {
+    if let Some(device) = store::device_by_token(conn, token_hash)? {
+        return Ok(Some(device));
+    }
+    let device = conn
+        .query_row(
+            "SELECT d.id, d.account_id, d.revoked_ms, d.replaced_ms
+             FROM previous_device_tokens p JOIN devices d ON d.id = p.device_id
+             WHERE p.token_hash = ?1 AND p.valid_until_ms > ?2",
+            params![token_hash, now],
+            |r| {
+                Ok(store::DeviceAuth {
+                    id: r.get(0)?,
+                    account_id: r.get(1)?,
+                    revoked: r.get::<_, Option<i64>>(2)?.is_some(),
+                    replaced: r.get::<_, Option<i64>>(3)?.is_some(),
+                })
+            },
+        )
+        .optional()?;
+    Ok(device)
+}
+
 /// The current device whose token the request carries, or the answer that
 /// refuses it (401 in every case: missing, malformed, unknown, revoked).
 async fn device_auth(state: &AppState, headers: &HeaderMap) -> Result<store::DeviceAuth, Response> {
@@ -444,10 +572,11 @@ async fn device_auth(state: &AppState, headers: &HeaderMap) -> Result<store::Dev
         .into_response());
     };
     let hash = secret::sha256_hex(token);
+    let now = now_ms();
     let device = match state
         .inner
         .db
-        .call(move |c| store::device_by_token(c, &hash))
+        .call(move |c| device_by_any_token(c, &hash, now))
         .await
     {
         Ok(d) => d,
@@ -494,4 +623,75 @@ async fn device_ws(
         .max_message_size(WS_HARD_CAP_BYTES)
         .max_frame_size(WS_HARD_CAP_BYTES)
         .on_upgrade(move |socket| tracker.track_future(session::run(state, device, socket)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use whatsnap_proto::api::DeviceInfo;
+
+    fn paired_device(conn: &mut Connection) -> (String, String) {
+        let (_, code) = store::create_account(conn, "Mike", 0).expect("account");
+        let device = DeviceInfo {
+            name: "Mac".into(),
+            model: String::new(),
+            macos_version: String::new(),
+            daemon_version: String::new(),
+            hw_id_hash: None,
+        };
+        let paired = store::pair(conn, &code.code, &device, 1).expect("pair");
+        (paired.device_id, paired.device_token)
+    }
+
+    fn who(conn: &Connection, token: &str, now: i64) -> Option<String> {
+        device_by_any_token(conn, &secret::sha256_hex(token), now)
+            .expect("query")
+            .map(|d| d.id)
+    }
+
+    #[test]
+    fn a_rotated_token_keeps_working_24_hours_then_stops() {
+        let mut conn = Connection::open_in_memory().expect("db");
+        crate::db::migrate_for_tests(&mut conn);
+        let (device, old) = paired_device(&mut conn);
+        let t0 = 1_000_000;
+        let rotated = rotate_device_token(&mut conn, &device, t0).expect("rotate");
+        assert_ne!(rotated.device_token, old);
+        assert_eq!(
+            rotated.previous_valid_until_ms,
+            t0 + secret::PREVIOUS_TOKEN_VALID_MS
+        );
+        // Both work during the overlap …
+        let last_minute = t0 + secret::PREVIOUS_TOKEN_VALID_MS - 60_000;
+        assert_eq!(who(&conn, &old, last_minute), Some(device.clone()));
+        assert_eq!(
+            who(&conn, &rotated.device_token, last_minute),
+            Some(device.clone())
+        );
+        // … then only the new one.
+        let after = t0 + secret::PREVIOUS_TOKEN_VALID_MS;
+        assert_eq!(who(&conn, &old, after), None);
+        assert_eq!(who(&conn, &rotated.device_token, after), Some(device));
+    }
+
+    #[test]
+    fn rotating_again_after_a_lost_answer_leaves_every_token_usable_for_a_day() {
+        let mut conn = Connection::open_in_memory().expect("db");
+        crate::db::migrate_for_tests(&mut conn);
+        let (device, old) = paired_device(&mut conn);
+        // The daemon crashed before storing `lost`; an hour later it
+        // rotates again with its old token.
+        let lost = rotate_device_token(&mut conn, &device, 0).expect("rotate");
+        let hour = 3_600_000;
+        let kept = rotate_device_token(&mut conn, &device, hour).expect("rotate again");
+        for token in [&old, &lost.device_token, &kept.device_token] {
+            assert_eq!(who(&conn, token, 2 * hour), Some(device.clone()));
+        }
+        // The old token's day is not extended by the second rotation.
+        let day = secret::PREVIOUS_TOKEN_VALID_MS;
+        assert_eq!(who(&conn, &old, day), None);
+        assert_eq!(who(&conn, &lost.device_token, day), Some(device.clone()));
+        assert_eq!(who(&conn, &lost.device_token, day + hour), None);
+        assert_eq!(who(&conn, &kept.device_token, day + hour), Some(device));
+    }
 }

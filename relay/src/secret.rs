@@ -17,6 +17,11 @@ pub const CODE_LEN: usize = 8;
 /// Prefix of device tokens, so a leaked one is recognisable.
 pub const DEVICE_TOKEN_PREFIX: &str = "wsd_";
 
+/// How long a device's previous token keeps working after a rotation
+/// (`POST /v1/device/token/rotate`): long enough for a daemon that crashed
+/// between the service's answer and storing the new token to come back.
+pub const PREVIOUS_TOKEN_VALID_MS: i64 = 24 * 60 * 60 * 1000;
+
 /// The randomness source failed; the OS is in trouble.
 #[derive(Debug, thiserror::Error)]
 #[error("the system random number generator failed; check the OS entropy source and retry")]

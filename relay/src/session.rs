@@ -8,9 +8,15 @@
 //! without an ack), the idle timer (60 s without any frame) and shutdown
 //! (close 1012). Events are applied only in sequence: the effect and the
 //! stream's new high-water mark commit in one transaction
-//! ([`crate::store::apply_event`]) before they are acked. Commands are read
-//! from the database, never from memory, so a push can never run ahead of
-//! what is stored.
+//! ([`crate::store::apply_events`]) before they are acked. While one run of
+//! events is being applied on the blocking pool, the session keeps reading
+//! the socket and queues the events that follow; they go to the database
+//! together as soon as it is free, so a catching-up Mac's stream never waits
+//! on a round trip. Commands are read from the database, never from memory,
+//! so a push can never run ahead of what is stored.
+
+use std::future::Future;
+use std::pin::Pin;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::FutureExt as _;
@@ -32,8 +38,31 @@ use crate::{AppState, RelayEvent, now_ms};
 pub const ACK_EVERY_FRAMES: usize = 50;
 /// Most unacked commands in flight.
 pub const COMMANDS_WINDOW: u64 = 10;
-/// Most unacked events the daemon may have in flight.
-pub const EVENTS_WINDOW: u64 = 200;
+/// Most unacked events the daemon may have in flight. Large enough that a
+/// backlog streams while earlier runs are applied and acked (§4.5).
+pub const EVENTS_WINDOW: u64 = 1000;
+/// Most frame text (bytes) of events held in memory, queued or being
+/// applied: the daemon's limit in flight (§4.5). Beyond it the socket is not
+/// read until a run commits, so memory stays bounded whatever the peer does.
+pub const EVENTS_WINDOW_BYTES: usize = 2 * 1024 * 1024;
+/// Most events applied in one transaction. Bounds the time the database is
+/// held and the burst of bus events one commit emits (the bus keeps 1024).
+pub const APPLY_BATCH_MAX: usize = 250;
+
+/// The outcome of applying a run of events: what to broadcast.
+type ApplyResult = Result<Vec<RelayEvent>, ServiceError>;
+
+/// A run of events being applied on the blocking pool.
+struct Applying {
+    /// The database work; it commits even if this session ends first.
+    done: Pin<Box<dyn Future<Output = ApplyResult> + Send>>,
+    /// The run's last seq: `committed` once it is done.
+    last: u64,
+    /// How many events it holds.
+    count: usize,
+    /// Their frame text, in bytes.
+    bytes: usize,
+}
 /// The daemon's ping interval, announced in `welcome`.
 pub const HEARTBEAT_MS: u64 = 20_000;
 /// After this much silence the daemon treats the link as dead.
@@ -56,6 +85,13 @@ struct Session {
     committed: u64,
     /// No committed value in this epoch yet: the next event is the start.
     unanchored: bool,
+    /// The run being applied, if any.
+    applying: Option<Applying>,
+    /// Events that arrived in order behind `applying`, to apply next, with
+    /// the size of their frame text.
+    queued: Vec<(u64, Option<Body>, usize)>,
+    /// Frame text of the events queued or being applied, in bytes.
+    held_bytes: usize,
     unacked_frames: usize,
     ack_deadline: Option<Instant>,
     commands_epoch: String,
@@ -86,6 +122,9 @@ pub(crate) async fn run(state: AppState, device: DeviceAuth, socket: WebSocket) 
         events_epoch: String::new(),
         committed: 0,
         unanchored: false,
+        applying: None,
+        queued: Vec::new(),
+        held_bytes: 0,
         unacked_frames: 0,
         ack_deadline: None,
         commands_epoch: String::new(),
@@ -95,6 +134,7 @@ pub(crate) async fn run(state: AppState, device: DeviceAuth, socket: WebSocket) 
     };
     tracing::info!(device = device.id, session = session_no, "device connected");
     session.run().await;
+    session.finish_applying().await;
     let Session {
         welcomed,
         needs_update,
@@ -147,6 +187,14 @@ pub(crate) async fn run(state: AppState, device: DeviceAuth, socket: WebSocket) 
     });
 }
 
+/// Waits for the run being applied, or forever when there is none.
+async fn applied(applying: &mut Option<Applying>) -> ApplyResult {
+    match applying {
+        Some(a) => a.done.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Sleeps until `deadline`, or forever when there is none (a disabled timer).
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
@@ -181,38 +229,34 @@ impl Session {
                     // The hub dropped us (cannot happen while registered); end quietly.
                     None => return,
                 },
-                msg = self.socket.recv() => {
+                result = applied(&mut self.applying) => {
+                    if !self.on_applied(result).await {
+                        return;
+                    }
+                }
+                // A daemon that overruns its window is not read from until the
+                // queue drains: memory stays bounded, TCP pushes back.
+                msg = self.socket.recv(), if self.has_room() => {
                     let Some(msg) = msg else { return };
-                    self.last_rx = Instant::now();
-                    match msg {
-                        Ok(Message::Text(text)) => {
-                            if !self.on_text(text.as_str()).await {
-                                return;
-                            }
+                    if !self.on_message(msg).await {
+                        return;
+                    }
+                    // Frames already waiting are read now rather than one
+                    // trip round this loop each: a backlog arrives in bursts.
+                    // Bounded, so the timers and the database get their turn.
+                    for _ in 0..APPLY_BATCH_MAX {
+                        if !self.has_room() {
+                            break;
                         }
-                        Ok(Message::Binary(bytes)) => {
-                            if bytes.len() > DEFAULT_MAX_FRAME_BYTES {
-                                self.close(close::MESSAGE_TOO_BIG, "frame larger than 1 MiB").await;
-                                return;
-                            }
-                            let ok = self
-                                .send_error(None, error_code::BAD_JSON, "frames must be JSON text, not binary")
-                                .await;
-                            if !ok {
-                                return;
-                            }
-                        }
-                        Ok(Message::Ping(_) | Message::Pong(_)) => {}
-                        Ok(Message::Close(_)) => return,
-                        Err(e) => {
-                            let text = e.to_string();
-                            tracing::info!(device = self.device_id, error = %text, "websocket read failed");
-                            if text.contains("Space limit") {
-                                self.close(close::MESSAGE_TOO_BIG, "frame larger than 1 MiB").await;
-                            }
+                        let Some(next) = self.socket.recv().now_or_never() else {
+                            break;
+                        };
+                        let Some(msg) = next else { return };
+                        if !self.on_message(msg).await {
                             return;
                         }
                     }
+                    self.start_applying();
                 }
                 () = sleep_until_opt(hello_at) => {
                     self.close(close::MALFORMED_HELLO, "no hello within 10 s of connecting").await;
@@ -234,6 +278,38 @@ impl Session {
                         return;
                     }
                 }
+            }
+        }
+    }
+
+    /// Handles one websocket message; false when the session must end.
+    async fn on_message(&mut self, msg: Result<Message, axum::Error>) -> bool {
+        self.last_rx = Instant::now();
+        match msg {
+            Ok(Message::Text(text)) => self.on_text(text.as_str()).await,
+            Ok(Message::Binary(bytes)) => {
+                if bytes.len() > DEFAULT_MAX_FRAME_BYTES {
+                    self.close(close::MESSAGE_TOO_BIG, "frame larger than 1 MiB")
+                        .await;
+                    return false;
+                }
+                self.send_error(
+                    None,
+                    error_code::BAD_JSON,
+                    "frames must be JSON text, not binary",
+                )
+                .await
+            }
+            Ok(Message::Ping(_) | Message::Pong(_)) => true,
+            Ok(Message::Close(_)) => false,
+            Err(e) => {
+                let text = e.to_string();
+                tracing::info!(device = self.device_id, error = %text, "websocket read failed");
+                if text.contains("Space limit") {
+                    self.close(close::MESSAGE_TOO_BIG, "frame larger than 1 MiB")
+                        .await;
+                }
+                false
             }
         }
     }
@@ -267,7 +343,9 @@ impl Session {
         }
         let durable = frame.body.stream();
         match (durable, frame.seq) {
-            (Some(Stream::Events), Some(seq)) => return self.on_event(&frame, seq).await,
+            (Some(Stream::Events), Some(seq)) => {
+                return self.on_event(seq, Some(frame.body), text.len()).await;
+            }
             (Some(Stream::Events), None) => {
                 let message = format!("{} is durable and needs a seq", frame.body.type_name());
                 return self
@@ -364,12 +442,12 @@ impl Session {
         // would fail the same way and stall the stream (§7).
         match e {
             DecodeError::UnknownType { seq: Some(seq), .. } => {
-                return self.on_durable(*seq, None).await;
+                return self.on_event(*seq, None, 0).await;
             }
             DecodeError::BadData {
                 ty, seq: Some(seq), ..
             } if Body::stream_of(ty) == Some(Stream::Events) => {
-                return self.on_durable(*seq, None).await;
+                return self.on_event(*seq, None, 0).await;
             }
             _ => {}
         }
@@ -487,190 +565,117 @@ impl Session {
         self.pump().await
     }
 
-    /// An event, and every further event already waiting on the socket
-    /// (up to [`EVENTS_WINDOW`]): a catching-up Mac's burst is applied in one
-    /// transaction instead of one round trip to the database per event.
-    /// Anything else found while draining is handled after the batch, in
-    /// order.
-    async fn on_event(&mut self, frame: &Frame, seq: u64) -> bool {
-        let mut batch = vec![(seq, frame.body.clone())];
-        let mut after = None;
-        while batch.len() < usize::try_from(EVENTS_WINDOW).unwrap_or(200) {
-            let Some(next) = self.socket.recv().now_or_never() else {
-                break;
-            };
-            if let Some(Ok(Message::Text(text))) = &next
-                && text.len() <= DEFAULT_MAX_FRAME_BYTES
-                && let Ok(f) = frame::decode(text.as_str())
-                && f.body.stream() == Some(Stream::Events)
-                && let Some(s) = f.seq
-            {
-                batch.push((s, f.body));
-                continue;
-            }
-            after = Some(next);
-            break;
-        }
-        if !self.on_durable_batch(batch).await {
-            return false;
-        }
-        match after {
-            None => true,
-            Some(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => false,
-            Some(Some(Ok(Message::Text(text)))) => Box::pin(self.on_text(text.as_str())).await,
-            Some(Some(Ok(Message::Binary(bytes)))) => {
-                if bytes.len() > DEFAULT_MAX_FRAME_BYTES {
-                    self.close(close::MESSAGE_TOO_BIG, "frame larger than 1 MiB")
-                        .await;
-                    return false;
-                }
-                self.send_error(
-                    None,
-                    error_code::BAD_JSON,
-                    "frames must be JSON text, not binary",
-                )
-                .await
-            }
-            Some(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => true,
-        }
-    }
-
-    /// The ordering rule for a run of events: duplicates are acked, the
-    /// in-order run is applied in one transaction, a gap asks for a resend
-    /// (frames after it are dropped; they come again).
-    async fn on_durable_batch(&mut self, batch: Vec<(u64, Body)>) -> bool {
-        if batch.len() == 1 {
-            let (seq, body) = &batch[0];
-            return self.on_durable(*seq, Some(body)).await;
-        }
-        if self.unanchored
-            && let Some((first, _)) = batch.first()
-        {
-            self.committed = first.saturating_sub(1);
-        }
-        let mut next = self.committed + 1;
-        let mut duplicates = 0;
-        let mut run = Vec::new();
-        let mut gap = false;
-        for (seq, body) in batch {
-            if seq < next && run.is_empty() {
-                duplicates += 1;
-            } else if seq == next {
-                run.push((seq, Some(body)));
-                next += 1;
-            } else {
-                gap = true;
-                break;
-            }
-        }
-        for _ in 0..duplicates {
-            if !self.note_ack().await {
-                return false;
-            }
-        }
-        if let Some(&(last, _)) = run.last() {
-            let device_id = self.device_id.clone();
-            let epoch = self.events_epoch.clone();
-            let count = run.len();
-            let now = now_ms();
-            let result = self
-                .state
-                .inner
-                .db
-                .call(move |c| store::apply_events(c, &device_id, &epoch, &run, now))
-                .await;
-            match result {
-                Ok(events) => {
-                    self.committed = last;
-                    self.unanchored = false;
-                    for event in events {
-                        self.state.emit(event);
-                    }
-                    for _ in 0..count {
-                        if !self.note_ack().await {
-                            return false;
-                        }
-                    }
-                }
-                Err(ServiceError::Refused {
-                    code: "stale_session",
-                    ..
-                }) => {
-                    self.close(close::REPLACED, "another session of this device took over")
-                        .await;
-                    return false;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, device = self.device_id, "cannot apply events");
-                    self.close(
-                        close::SERVICE_RESTART,
-                        "service storage failed; retry later",
-                    )
-                    .await;
-                    return false;
-                }
-            }
-        }
-        if gap {
-            tracing::warn!(
-                device = self.device_id,
-                committed = self.committed,
-                "event gap; asking for a resend"
-            );
-            return self.send_ack(Some(self.committed + 1)).await;
-        }
-        true
-    }
-
-    /// The ordering rule of §7.7: apply only committed + 1, ack duplicates,
-    /// ask for a resend after a gap.
-    async fn on_durable(&mut self, seq: u64, body: Option<&Body>) -> bool {
-        if self.unanchored {
+    /// Durable event `seq` (`body` is `None` for one this version cannot
+    /// read: it still advances the stream). The ordering rule of §4.2 is
+    /// applied against everything already received, applied or not:
+    /// duplicates are acked, the next one is queued and applied as soon as
+    /// the database is free, a gap asks for a resend.
+    async fn on_event(&mut self, seq: u64, body: Option<Body>, bytes: usize) -> bool {
+        let in_flight = self.applying.as_ref().map_or(0, |a| a.count);
+        if self.unanchored && in_flight == 0 && self.queued.is_empty() {
             // Rule 1 of 4.2: the first frame of an unfamiliar epoch is the start.
             self.committed = seq.saturating_sub(1);
         }
-        if seq <= self.committed {
-            return self.note_ack().await;
+        let next = self.committed + (in_flight + self.queued.len()) as u64 + 1;
+        if seq < next {
+            return self.note_acks(1).await;
         }
-        if seq > self.committed + 1 {
+        if seq > next {
+            // Only a bug gets here. What is queued is in order and stays;
+            // the daemon is asked for everything from the first missing one.
             tracing::warn!(
                 device = self.device_id,
                 seq,
+                expected = next,
                 committed = self.committed,
                 "event gap; asking for a resend"
             );
-            return self.send_ack(Some(self.committed + 1)).await;
+            return self.send_ack(Some(next)).await;
         }
+        // Applied once the frames already waiting are read too (see `run`).
+        self.queued.push((seq, body, bytes));
+        self.held_bytes += bytes;
+        true
+    }
+
+    /// Whether the socket may be read: the queue is within the window, in
+    /// frames and in bytes.
+    fn has_room(&self) -> bool {
+        self.queued.len() < EVENTS_WINDOW as usize && self.held_bytes < EVENTS_WINDOW_BYTES
+    }
+
+    /// Forgets the queued events (they come again after a resend).
+    fn drop_queued(&mut self) {
+        let bytes: usize = self.queued.drain(..).map(|(_, _, b)| b).sum();
+        self.held_bytes -= bytes;
+    }
+
+    /// Sends the queued events to the database, up to [`APPLY_BATCH_MAX`],
+    /// unless a run is already being applied.
+    fn start_applying(&mut self) {
+        if self.applying.is_some() || self.queued.is_empty() {
+            return;
+        }
+        let take = self.queued.len().min(APPLY_BATCH_MAX);
+        let mut bytes = 0;
+        let run: Vec<_> = self
+            .queued
+            .drain(..take)
+            .map(|(seq, body, b)| {
+                bytes += b;
+                (seq, body)
+            })
+            .collect();
+        let last = run.last().map_or(self.committed, |(s, _)| *s);
         let device_id = self.device_id.clone();
         let epoch = self.events_epoch.clone();
-        let body = body.cloned();
         let now = now_ms();
-        let result = self
-            .state
-            .inner
-            .db
-            .call(move |c| store::apply_event(c, &device_id, &epoch, seq, body.as_ref(), now))
-            .await;
+        let db = self.state.inner.db.clone();
+        let done = Box::pin(async move {
+            db.call(move |c| store::apply_events(c, &device_id, &epoch, &run, now))
+                .await
+        });
+        self.applying = Some(Applying {
+            done,
+            last,
+            count: take,
+            bytes,
+        });
+    }
+
+    /// A run was applied (or failed): move `committed`, broadcast, ack, and
+    /// start on what queued up meanwhile.
+    async fn on_applied(&mut self, result: ApplyResult) -> bool {
+        let Some(Applying {
+            last, count, bytes, ..
+        }) = self.applying.take()
+        else {
+            return true;
+        };
+        self.held_bytes -= bytes;
         match result {
             Ok(events) => {
-                self.committed = seq;
+                self.committed = last;
                 self.unanchored = false;
                 for event in events {
                     self.state.emit(event);
                 }
-                self.note_ack().await
+                self.start_applying();
+                self.note_acks(count).await
             }
             Err(ServiceError::Refused {
                 code: "stale_session",
                 ..
             }) => {
+                self.drop_queued();
                 self.close(close::REPLACED, "another session of this device took over")
                     .await;
                 false
             }
             Err(e) => {
-                tracing::error!(error = %e, device = self.device_id, seq, "cannot apply event");
                 // Not acked: the daemon resends it on the next connection.
+                self.drop_queued();
+                tracing::error!(error = %e, device = self.device_id, "cannot apply events");
                 self.close(
                     close::SERVICE_RESTART,
                     "service storage failed; retry later",
@@ -681,8 +686,24 @@ impl Session {
         }
     }
 
-    async fn note_ack(&mut self) -> bool {
-        self.unacked_frames += 1;
+    /// At the end of the session: waits for the run being applied, which
+    /// commits anyway, so that its events are still broadcast. Nothing is
+    /// sent; the daemon learns the new mark from the next `welcome`.
+    async fn finish_applying(&mut self) {
+        if let Some(mut applying) = self.applying.take()
+            && let Ok(events) = applying.done.as_mut().await
+        {
+            for event in events {
+                self.state.emit(event);
+            }
+        }
+    }
+
+    /// Counts `n` frames done (applied, or duplicates) towards the next
+    /// ack: one cumulative ack once [`ACK_EVERY_FRAMES`] are waiting,
+    /// however many a run held, else the 250 ms timer (§4.3).
+    async fn note_acks(&mut self, n: usize) -> bool {
+        self.unacked_frames += n;
         if self.unacked_frames >= ACK_EVERY_FRAMES {
             return self.send_ack(None).await;
         }

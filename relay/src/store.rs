@@ -1040,16 +1040,16 @@ pub fn apply_events(
             "the event stream moved on in another session",
         ));
     }
-    let mut events = Vec::new();
+    let mut batch = Batch::default();
     for (seq, body) in run {
         apply_one(
             &tx,
+            &mut batch,
             device_id,
             &account_id,
             *seq,
             body.as_ref(),
             now,
-            &mut events,
         )?;
     }
     let last = run.last().map_or(first, |(s, _)| *s);
@@ -1059,24 +1059,35 @@ pub fn apply_events(
     )?
     .execute(params![device_id, to_i64(last), now])?;
     tx.commit()?;
-    Ok(events)
+    Ok(batch.events)
+}
+
+/// What one [`apply_events`] transaction already looked up, so a burst of
+/// events from the same account and contacts costs one query for each, not
+/// one per event. Valid only inside that transaction: nothing else writes
+/// while it is open.
+#[derive(Default)]
+struct Batch {
+    /// The device's account tag (`Some(None)`: looked up, the account is gone).
+    account_tag: Option<Option<String>>,
+    /// Contacts seen to carry an account tag: first touch is decided for them.
+    owned: std::collections::HashSet<String>,
+    /// What to broadcast once the transaction commits.
+    events: Vec<RelayEvent>,
 }
 
 fn apply_one(
     tx: &Transaction<'_>,
+    batch: &mut Batch,
     device_id: &str,
     account_id: &str,
     seq: u64,
     body: Option<&Body>,
     now: i64,
-    events: &mut Vec<RelayEvent>,
 ) -> Result<()> {
-    let account_id = account_id.to_owned();
     match body {
-        Some(Body::EventMessage(m)) => {
-            apply_message(tx, device_id, &account_id, m, now, events)?;
-        }
-        Some(Body::SendResult(r)) => apply_send_result(tx, &account_id, r, events)?,
+        Some(Body::EventMessage(m)) => apply_message(tx, batch, device_id, account_id, m, now)?,
+        Some(Body::SendResult(r)) => apply_send_result(tx, account_id, r, &mut batch.events)?,
         Some(Body::SettingsApplied(a)) => {
             if !a.errors.is_empty() {
                 let refused = serde_json::Value::Object(a.errors.clone()).to_string();
@@ -1087,8 +1098,8 @@ fn apply_one(
                     "the Mac refused some settings"
                 );
             }
-            events.push(RelayEvent::SettingsApplied {
-                account_id: account_id.clone(),
+            batch.events.push(RelayEvent::SettingsApplied {
+                account_id: account_id.to_owned(),
                 version: a.version,
                 errors: a.errors.clone(),
             });
@@ -1137,13 +1148,29 @@ fn account_tags_of(conn: &Connection, contact_id: &str) -> Result<Vec<String>> {
     Ok(tags)
 }
 
+/// Whether the contact already carries an account tag. The prefix is
+/// matched here rather than in SQL: a bound parameter inside `substr(…) = ?`
+/// made SQLite (built with STAT4) recompile the statement on every step,
+/// which was a quarter of the time of applying an event.
+fn has_account_tag(conn: &Connection, contact_id: &str) -> Result<bool> {
+    let mut stmt = conn.prepare_cached("SELECT tag FROM contact_tags WHERE contact_id = ?1")?;
+    let mut rows = stmt.query([contact_id])?;
+    while let Some(row) = rows.next()? {
+        let tag = row.get_ref(0)?.as_str().unwrap_or_default();
+        if tag.starts_with(ACCOUNT_TAG_PREFIX) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 fn apply_message(
     tx: &Transaction<'_>,
+    batch: &mut Batch,
     device_id: &str,
     account_id: &str,
     m: &EventMessage,
     now: i64,
-    events: &mut Vec<RelayEvent>,
 ) -> Result<()> {
     if m.from_me {
         if let Some(origin) = &m.origin {
@@ -1195,18 +1222,26 @@ fn apply_message(
     };
     // First touch: the first account that hears from a contact owns it; never replace.
     let mut tagged = None;
-    if account_tags_of(tx, &contact_id)?.is_empty()
-        && let Some(tag) = account_tag(tx, account_id)?
-    {
-        tx.prepare_cached(
-            "INSERT OR IGNORE INTO contact_tags (contact_id, tag, source, created_ms)
-             VALUES (?1, ?2, 'auto', ?3)",
-        )?
-        .execute(params![contact_id, tag, now])?;
-        tagged = Some(tag);
+    if !batch.owned.contains(&contact_id) {
+        if has_account_tag(tx, &contact_id)? {
+            batch.owned.insert(contact_id.clone());
+        } else {
+            if batch.account_tag.is_none() {
+                batch.account_tag = Some(account_tag(tx, account_id)?);
+            }
+            if let Some(Some(tag)) = &batch.account_tag {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO contact_tags (contact_id, tag, source, created_ms)
+                     VALUES (?1, ?2, 'auto', ?3)",
+                )?
+                .execute(params![contact_id, tag, now])?;
+                batch.owned.insert(contact_id.clone());
+                tagged = Some(tag.clone());
+            }
+        }
     }
     if created {
-        events.push(RelayEvent::ContactCreated {
+        batch.events.push(RelayEvent::ContactCreated {
             contact_id: contact_id.clone(),
             handle: sender.handle.clone(),
             tag: tagged,
@@ -1229,7 +1264,7 @@ fn apply_message(
         ],
     )?;
     if inserted > 0 {
-        events.push(RelayEvent::MessageReceived {
+        batch.events.push(RelayEvent::MessageReceived {
             account_id: account_id.to_owned(),
             contact_id,
             guid: m.guid.clone(),
@@ -1646,6 +1681,125 @@ mod tests {
         // A new code from the admin works.
         let fresh = new_pairing_code(&mut conn, "Mike", 4000).expect("new code");
         pair(&mut conn, &fresh.code, &device(), 5000).expect("pairs");
+    }
+
+    fn inbound(guid: &str, handle: &str) -> Body {
+        Body::EventMessage(EventMessage {
+            event_key: whatsnap_proto::message_event_key(guid),
+            guid: guid.to_owned(),
+            rowid: 1,
+            chat_guid: format!("iMessage;-;{handle}"),
+            chat_kind: ChatKind::Direct,
+            group_name: None,
+            participants: vec![],
+            service: "iMessage".into(),
+            from_me: false,
+            sender: Some(whatsnap_proto::frame::Handle {
+                handle: handle.to_owned(),
+                kind: whatsnap_proto::frame::HandleKind::Phone,
+            }),
+            recipients: vec![],
+            text: format!("text of {guid}"),
+            subject: None,
+            reply_to_guid: None,
+            thread_originator_guid: None,
+            date_ms: 1_732_500_000_000,
+            attachments: vec![],
+            origin: None,
+            backfill: false,
+            backfill_request_id: None,
+            suspected_echo: false,
+            truncated: false,
+        })
+    }
+
+    fn tags(conn: &Connection, handle: &str) -> Vec<String> {
+        let mut stmt = conn
+            .prepare(
+                "SELECT t.tag FROM contact_tags t JOIN contacts c ON c.id = t.contact_id
+                 WHERE c.handle = ?1 ORDER BY t.tag",
+            )
+            .expect("query");
+        stmt.query_map([handle], |r| r.get(0))
+            .expect("rows")
+            .collect::<rusqlite::Result<_>>()
+            .expect("tags")
+    }
+
+    /// One run touching the same contacts several times: what the batch
+    /// remembers must not change the outcome of applying them one by one.
+    #[test]
+    fn a_run_of_events_creates_and_tags_each_contact_once() {
+        let mut conn = Connection::open_in_memory().expect("db");
+        crate::db::migrate_for_tests(&mut conn);
+        let (_, code) = create_account(&mut conn, "Mike", 1000).expect("account");
+        let paired = pair(&mut conn, &code.code, &device(), 2000).expect("pairs");
+        conn.execute(
+            "UPDATE devices SET events_epoch = 'E', events_unanchored = 1 WHERE id = ?1",
+            [&paired.device_id],
+        )
+        .expect("epoch");
+        // A contact the service already knows, with a tag of its own but
+        // none naming an account: the first account to hear from it owns it.
+        conn.execute_batch(
+            "INSERT INTO contacts (id, handle, created_ms) VALUES ('known', '+15550000002', 1);
+             INSERT INTO contact_tags (contact_id, tag, source, created_ms)
+             VALUES ('known', 'vip', 'manual', 1);",
+        )
+        .expect("known contact");
+        let run: Vec<(u64, Option<Body>)> = [
+            ("G1", "+15550000001"),
+            ("G2", "+15550000001"),
+            ("G3", "+15550000002"),
+            ("G4", "+15550000001"),
+        ]
+        .iter()
+        .zip(5..)
+        .map(|((guid, handle), seq)| (seq, Some(inbound(guid, handle))))
+        .collect();
+        let events = apply_events(&mut conn, &paired.device_id, "E", &run, 3000).expect("applies");
+
+        let created: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                RelayEvent::ContactCreated { handle, tag, .. } => {
+                    Some((handle.as_str(), tag.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            created,
+            vec![("+15550000001", Some("whatsnap-account-Mike".to_owned()))]
+        );
+        let received = events
+            .iter()
+            .filter(|e| matches!(e, RelayEvent::MessageReceived { .. }))
+            .count();
+        assert_eq!(received, 4);
+        assert_eq!(tags(&conn, "+15550000001"), vec!["whatsnap-account-Mike"]);
+        assert_eq!(
+            tags(&conn, "+15550000002"),
+            vec!["vip", "whatsnap-account-Mike"]
+        );
+        let committed: i64 = conn
+            .query_row(
+                "SELECT events_committed FROM devices WHERE id = ?1",
+                [&paired.device_id],
+                |r| r.get(0),
+            )
+            .expect("committed");
+        assert_eq!(committed, 8, "the run's last seq, in the same transaction");
+
+        // The run again (a resend after a lost ack) is refused whole.
+        let again = apply_events(&mut conn, &paired.device_id, "E", &run, 4000);
+        assert!(matches!(
+            again,
+            Err(ServiceError::Refused {
+                code: "stale_session",
+                ..
+            })
+        ));
     }
 
     #[test]

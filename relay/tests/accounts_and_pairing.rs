@@ -213,3 +213,65 @@ async fn removing_an_account_closes_its_socket_4401() {
     assert_eq!(body.error.code, "revoked");
     assert!(relay.client.list_accounts().await.expect("list").is_empty());
 }
+
+#[tokio::test]
+async fn a_device_sees_itself_and_the_service_clock() {
+    let relay = start_relay().await;
+    let (account_id, paired) = relay.paired_account("Mike").await;
+    let device = AdminClient::new(&relay.handle.base_url(), Some(paired.device_token.clone()));
+    let before = now_ms();
+    let view = device.device().await.expect("GET /v1/device");
+    assert_eq!(view.device_id, paired.device_id);
+    assert_eq!(view.account_id, account_id);
+    assert_eq!(view.account_name, "Mike");
+    assert_eq!(view.account_tag, "whatsnap-account-Mike");
+    assert!(
+        (before..=now_ms()).contains(&view.now_ms),
+        "{} not now",
+        view.now_ms
+    );
+    // The admin token is no device token.
+    let admin_as_device = relay.client.device().await.expect_err("admin refused");
+    assert_eq!(admin_as_device.status(), Some(401));
+}
+
+#[tokio::test]
+async fn a_rotated_token_is_new_and_the_old_one_still_connects() {
+    let relay = start_relay().await;
+    let (_, paired) = relay.paired_account("Mike").await;
+    let old = AdminClient::new(&relay.handle.base_url(), Some(paired.device_token.clone()));
+    let rotated = old.rotate_device_token().await.expect("rotate");
+    assert!(rotated.device_token.starts_with("wsd_"));
+    assert_ne!(rotated.device_token, paired.device_token);
+    let day = 24 * 60 * 60 * 1000;
+    let left = rotated.previous_valid_until_ms - now_ms();
+    assert!((day - 60_000..=day).contains(&left), "{left} ms left");
+    // Both tokens open a session during the overlap.
+    for token in [&paired.device_token, &rotated.device_token] {
+        let mut daemon = FakeDaemon::connect(&relay, token).await;
+        daemon.handshake(&paired.device_id).await;
+    }
+    let new = AdminClient::new(&relay.handle.base_url(), Some(rotated.device_token.clone()));
+    assert_eq!(
+        new.device().await.expect("new token").device_id,
+        paired.device_id
+    );
+    // Unpairing revokes every token of the device, the previous one too.
+    let unpaired = reqwest::Client::new()
+        .delete(format!("{}/v1/device", relay.handle.base_url()))
+        .bearer_auth(&rotated.device_token)
+        .send()
+        .await
+        .expect("unpair");
+    assert_eq!(unpaired.status(), 204);
+    for client in [&old, &new] {
+        let err = client.device().await.expect_err("revoked");
+        assert_eq!(err.api_code(), Some("revoked"));
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

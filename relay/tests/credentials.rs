@@ -33,7 +33,11 @@ const ADMIN_ROUTES: &[(&str, &str, &str)] = &[
     ),
     ("GET", "/v1/messages", ""),
 ];
-const DEVICE_ROUTES: &[(&str, &str)] = &[("DELETE", "/v1/device")];
+const DEVICE_ROUTES: &[(&str, &str)] = &[
+    ("DELETE", "/v1/device"),
+    ("GET", "/v1/device"),
+    ("POST", "/v1/device/token/rotate"),
+];
 
 #[derive(Debug, Clone, Copy)]
 enum Cred {

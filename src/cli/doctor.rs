@@ -13,11 +13,15 @@ pub struct Args {
     /// Print JSON: {"ok": bool, "checks": [{"id", "outcome", "detail", "fix"}]}.
     #[arg(long)]
     pub json: bool,
+    /// PEM file with the service's CA (default: the one given to `pair`).
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Runs `doctor`.
 pub fn run(args: &Args, paths: &Paths) -> anyhow::Result<u8> {
-    let env = Env::from_env(paths.clone());
+    let mut env = Env::from_env(paths.clone());
+    env.ca_file = args.ca_file.clone();
     let checks = super::runtime()?.block_on(doctor::run_all(&env));
     let ok = !checks.iter().any(|c| c.outcome == Outcome::Fail);
     if args.json {

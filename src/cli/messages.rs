@@ -4,7 +4,8 @@
 //! Each line is exactly the `data` object of the event the bridge would send,
 //! with its frame `type` added as the first key, so a user can see what the
 //! bridge sees (`--chat-db` is the global option). History is read straight
-//! from chat.db in large read-only batches; `--follow` then runs the
+//! from chat.db in ROWID chunks by one thread per core, printed in order
+//! ([`bulk`]); `--follow` then runs the
 //! daemon's own reader task (against a throw-away store) so updates, deletes
 //! and backfill flags appear exactly as the bridge would send them.
 //! Progress goes to stderr, and only when stderr is a terminal.
@@ -17,14 +18,10 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 use whatsnap_proto::frame::Body;
 
-use crate::chatdb::{ChatDb, SharedChatDb};
+use crate::chatdb::{ChatDb, SharedChatDb, bulk};
 use crate::config::Paths;
 use crate::reader::{Reader, ReaderHealth};
 use crate::store::Store;
-
-/// Rows per read transaction when printing history: large enough to amortise
-/// the query, small enough to keep the read snapshot short.
-const HISTORY_BATCH: usize = 5_000;
 
 /// `messages` options.
 #[derive(Debug, clap::Args)]
@@ -49,38 +46,37 @@ pub fn run(args: &Args, paths: &Paths) -> anyhow::Result<u8> {
             .rowid_before_last(last.unwrap_or(20))
             .context("cannot find where the last messages start")?,
     };
+    let total = db.max_rowid()?.saturating_sub(start);
+    drop(db);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
     let progress = std::io::stderr().is_terminal();
-    let total = db.max_rowid()?.saturating_sub(start);
-    let mut cursor = start;
-    let mut printed = 0u64;
-    let mut line = Vec::with_capacity(1024);
-    loop {
-        let rows = db.read_after(cursor, HISTORY_BATCH)?;
-        let Some(last) = rows.last() else { break };
-        cursor = last.rowid;
-        for row in rows {
-            if let Some(body) = row.into_body(None) {
-                line.clear();
-                write_line(&mut line, &body)?;
-                if let Err(e) = out.write_all(&line) {
-                    return broken_pipe_is_fine(e);
-                }
-                printed += 1;
+    let result = bulk::read_json(
+        &paths.chat_db,
+        start,
+        bulk::default_workers(),
+        |lines, p| {
+            out.write_all(lines)?;
+            if progress {
+                eprint!(
+                    "\rread up to ROWID {} ({} events, {total} rows to read)   ",
+                    p.cursor, p.events
+                );
             }
-        }
-        if progress {
-            eprint!("\rread up to ROWID {cursor} ({printed} events, {total} rows to read)   ");
-        }
-    }
+            Ok(())
+        },
+    );
     if progress {
         eprintln!();
     }
+    let cursor = match result {
+        Ok(p) => p.cursor,
+        Err(bulk::BulkError::Write(e)) => return broken_pipe_is_fine(e),
+        Err(e) => return Err(e.into()),
+    };
     if let Err(e) = out.flush() {
         return broken_pipe_is_fine(e);
     }
-    drop(db);
     if args.follow {
         follow(paths, cursor)?;
     }
@@ -159,27 +155,10 @@ fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-/// `{"type":"<frame type>", ...data}` and a newline.
+/// `{"type":"<frame type>", ...data}` and a newline
+/// ([`bulk::write_event_line`]).
 pub fn write_line(line: &mut Vec<u8>, body: &Body) -> anyhow::Result<()> {
-    let data = match body {
-        Body::EventMessage(d) => serde_json::to_vec(d),
-        Body::EventReaction(d) => serde_json::to_vec(d),
-        Body::EventMessageUpdate(d) => serde_json::to_vec(d),
-        other => serde_json::to_vec(&serde_json::json!({ "unexpected": other.type_name() })),
-    }
-    .context("cannot encode an event as JSON")?;
-    line.extend_from_slice(b"{\"type\":");
-    serde_json::to_writer(&mut *line, body.type_name()).context("cannot encode the type")?;
-    match data.get(1..) {
-        // `data` is a JSON object: splice its members after `type`.
-        Some(rest) if rest != b"}" => {
-            line.push(b',');
-            line.extend_from_slice(rest);
-        }
-        _ => line.push(b'}'),
-    }
-    line.push(b'\n');
-    Ok(())
+    bulk::write_event_line(line, body).context("cannot encode an event as JSON")
 }
 
 /// `messages | head` closes the pipe early; that is not an error.

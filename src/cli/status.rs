@@ -103,7 +103,7 @@ pub fn gather(paths: &Paths) -> anyhow::Result<Status> {
         Err(ControlError::NotRunning { .. }) => None,
         Err(e) => return Err(e.into()),
     };
-    let (account, credentials_error) = match pair::load(&paths.credentials()) {
+    let (account, credentials_error) = match pair::load_paired(&paths.credentials()) {
         Ok(c) => (
             Some(Account {
                 name: c.account_name,

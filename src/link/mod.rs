@@ -9,7 +9,11 @@
 //! the terminal close codes (token revoked, device replaced, protocol too old)
 //! stop the retries, and they become a visible state with the action to take.
 
+pub mod keychain;
+pub mod netchange;
 pub mod pair;
+pub mod rotate;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +21,8 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 use whatsnap_proto::close::{self, CloseAction, CloseReason};
@@ -38,7 +40,7 @@ use pair::Credentials;
 const OUTBOX_DELETE_EVERY: u64 = 1000;
 
 /// Events in flight without an ack, at most.
-pub const EVENTS_WINDOW: usize = 200;
+pub const EVENTS_WINDOW: usize = 1000;
 
 /// The link's state, for `status` and the demo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +77,10 @@ pub struct Link {
     pub outbox: Arc<Notify>,
     /// Woken when a send was queued.
     pub send_wake: Arc<Notify>,
+    /// Where `cmd.send` commands are accepted: through the send worker, so
+    /// one that can leave at once is accepted and begun in one commit
+    /// (`None`: straight into the store's queue).
+    pub admission: Option<crate::send::Admission>,
     /// The link's state.
     pub state: watch::Sender<LinkState>,
     /// The reader's health, reported in `status` frames.
@@ -85,6 +91,29 @@ pub struct Link {
     pub backoff_cap: Duration,
     /// The account's settings in force, published after they are stored.
     pub settings: watch::Sender<SettingsData>,
+}
+
+/// How the link dials: the token to present, newest first after a rotation
+/// ([`rotate`] publishes it only once it is stored), and the HTTPS client
+/// whose roots (platform plus `--ca-file`) check the service's certificate.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// The current device token.
+    pub token: watch::Receiver<String>,
+    /// The client the websocket upgrade goes through.
+    pub client: reqwest::Client,
+}
+
+impl Dial {
+    /// The credentials' own token, for ever, and the platform's roots.
+    pub fn fixed(creds: &Credentials) -> Result<Dial, tls::TlsError> {
+        // Nobody rotates: the sender goes at once, the value stays.
+        let (_, token) = watch::channel(creds.device_token.clone());
+        Ok(Dial {
+            token,
+            client: tls::http_client(None, None)?,
+        })
+    }
 }
 
 /// How a session ended.
@@ -127,12 +156,26 @@ pub fn backoff_delay_capped(attempt: u32, cap: Duration) -> Duration {
 }
 
 impl Link {
-    /// Runs sessions until shutdown or a terminal close.
+    /// Runs sessions until shutdown or a terminal close, with the
+    /// credentials' token and the platform's roots.
     pub async fn run(self, shutdown: CancellationToken) {
+        match Dial::fixed(&self.creds) {
+            Ok(dial) => self.run_with(dial, shutdown).await,
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::error!("{reason}");
+                self.state.send_replace(LinkState::Stopped { reason });
+            }
+        }
+    }
+
+    /// Runs sessions until shutdown or a terminal close; each connection
+    /// presents the token `dial` holds at that moment.
+    pub async fn run_with(self, dial: Dial, shutdown: CancellationToken) {
         let mut attempt: u32 = 0;
         loop {
             self.state.send_replace(LinkState::Connecting);
-            let end = self.session(&shutdown).await;
+            let end = self.session(&dial, &shutdown).await;
             let delay = match end {
                 SessionEnd::Shutdown => return,
                 SessionEnd::Terminal { reason } => {
@@ -173,91 +216,24 @@ impl Link {
         }
     }
 
-    async fn session(&self, shutdown: &CancellationToken) -> SessionEnd {
-        let mut request = match self.creds.ws_url.as_str().into_client_request() {
-            Ok(r) => r,
-            Err(e) => {
-                return SessionEnd::Terminal {
-                    reason: format!(
-                        "the service URL in the credentials is unusable ({e}); run `whatsnap-mac pair` again"
-                    ),
-                };
-            }
-        };
-        let headers = request.headers_mut();
-        let bearer = format!("Bearer {}", self.creds.device_token);
-        match HeaderValue::from_str(&bearer) {
-            Ok(v) => {
-                headers.insert("Authorization", v);
-            }
-            Err(_) => {
-                return SessionEnd::Terminal {
-                    reason: "the stored device token is malformed; run `whatsnap-mac pair` again"
-                        .into(),
-                };
-            }
-        }
-        headers.insert(
-            "Sec-WebSocket-Protocol",
-            HeaderValue::from_static(whatsnap_proto::SUBPROTOCOL),
-        );
-        if let Ok(ua) = HeaderValue::from_str(&format!(
-            "whatsnap-mac/{} (macOS {})",
-            env!("CARGO_PKG_VERSION"),
-            pair::macos_version()
-        )) {
-            headers.insert("User-Agent", ua);
-        }
-        let config = tungstenite::protocol::WebSocketConfig::default()
-            .max_message_size(Some(whatsnap_proto::DEFAULT_MAX_FRAME_BYTES))
-            .max_frame_size(Some(whatsnap_proto::DEFAULT_MAX_FRAME_BYTES));
-        let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), false);
+    async fn session(&self, dial: &Dial, shutdown: &CancellationToken) -> SessionEnd {
+        let connect = self.connect(dial);
         let ws = tokio::select! {
             () = shutdown.cancelled() => return SessionEnd::Shutdown,
             r = tokio::time::timeout(Duration::from_secs(20), connect) => r,
         };
-        let mut ws = match ws {
+        let ws = match ws {
             Err(_) => {
                 return SessionEnd::Retry {
                     reason: "connecting timed out after 20 s".into(),
                     stable: false,
                 };
             }
-            Ok(Err(tungstenite::Error::Http(response))) => {
-                let status = response.status().as_u16();
-                let body = response
-                    .body()
-                    .as_ref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                let detail = serde_json::from_str::<whatsnap_proto::api::ApiError>(&body)
-                    .map(|e| e.error.message)
-                    .unwrap_or_else(|_| format!("HTTP {status}"));
-                return match status {
-                    401 | 403 => SessionEnd::Terminal {
-                        reason: format!(
-                            "the service rejected this device ({detail}); run `whatsnap-mac pair` with a new code"
-                        ),
-                    },
-                    429 | 503 => SessionEnd::RetryAfter {
-                        reason: format!("service busy ({detail})"),
-                        delay: retry_after(&response).unwrap_or(Duration::from_secs(5)),
-                    },
-                    _ => SessionEnd::Retry {
-                        reason: format!("upgrade refused: {detail}"),
-                        stable: false,
-                    },
-                };
-            }
-            Ok(Err(e)) => {
-                return SessionEnd::Retry {
-                    reason: format!("cannot connect to {}: {e}", self.creds.ws_url),
-                    stable: false,
-                };
-            }
-            Ok(Ok((ws, _))) => ws,
+            Ok(Err(end)) => return end,
+            Ok(Ok(ws)) => ws,
         };
-        match self.speak(&mut ws, shutdown).await {
+        let (mut ws, route) = ws;
+        match self.speak(&mut ws, route, shutdown).await {
             Ok(end) => end,
             Err(e) => {
                 let _ = ws.close(None).await;
@@ -269,9 +245,136 @@ impl Link {
         }
     }
 
+    /// The websocket upgrade (protocol §2), through the HTTPS client so the
+    /// certificate check is the one `pair` passed. The token travels in the
+    /// `Authorization` header only.
+    async fn connect(
+        &self,
+        dial: &Dial,
+    ) -> Result<
+        (
+            tokio_tungstenite::WebSocketStream<reqwest::Upgraded>,
+            Option<netchange::Route>,
+        ),
+        SessionEnd,
+    > {
+        let url = match pair::check_server_url(&self.creds.ws_url) {
+            Ok(mut url) => {
+                let scheme = if url.scheme() == "wss" || url.scheme() == "https" {
+                    "https"
+                } else {
+                    "http"
+                };
+                // Both pairs of schemes are "special": switching is allowed.
+                let _ = url.set_scheme(scheme);
+                url
+            }
+            Err(e) => {
+                return Err(SessionEnd::Terminal {
+                    reason: format!(
+                        "the service URL in the credentials is unusable ({e}); run `whatsnap-mac pair` again"
+                    ),
+                });
+            }
+        };
+        let token = dial.token.borrow().clone();
+        let key = tungstenite::handshake::client::generate_key();
+        let request = dial
+            .client
+            .get(url)
+            .version(reqwest::Version::HTTP_11)
+            .header(reqwest::header::CONNECTION, "Upgrade")
+            .header(reqwest::header::UPGRADE, "websocket")
+            .header(reqwest::header::SEC_WEBSOCKET_VERSION, "13")
+            .header(reqwest::header::SEC_WEBSOCKET_KEY, &key)
+            .header(
+                reqwest::header::SEC_WEBSOCKET_PROTOCOL,
+                whatsnap_proto::SUBPROTOCOL,
+            )
+            .header(
+                reqwest::header::USER_AGENT,
+                format!(
+                    "whatsnap-mac/{} (macOS {})",
+                    env!("CARGO_PKG_VERSION"),
+                    pair::macos_version()
+                ),
+            )
+            .bearer_auth(token);
+        let response = request.send().await.map_err(|e| SessionEnd::Retry {
+            reason: format!(
+                "cannot connect to {}: {}",
+                self.creds.ws_url,
+                tls::error_chain(&e.without_url())
+            ),
+            stable: false,
+        })?;
+        let status = response.status().as_u16();
+        if status != 101 {
+            let wait = retry_after(response.headers());
+            let body = response.text().await.unwrap_or_default();
+            let detail = serde_json::from_str::<whatsnap_proto::api::ApiError>(&body)
+                .map(|e| e.error.message)
+                .unwrap_or_else(|_| format!("HTTP {status}"));
+            return Err(match status {
+                401 | 403 => SessionEnd::Terminal {
+                    reason: format!(
+                        "the service rejected this device ({detail}); run `whatsnap-mac pair` with a new code"
+                    ),
+                },
+                429 | 503 => SessionEnd::RetryAfter {
+                    reason: format!("service busy ({detail})"),
+                    // A `Retry-After: 0` must not become a busy loop.
+                    delay: wait
+                        .unwrap_or(Duration::from_secs(5))
+                        .max(Duration::from_millis(250)),
+                },
+                _ => SessionEnd::Retry {
+                    reason: format!("upgrade refused: {detail}"),
+                    stable: false,
+                },
+            });
+        }
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let accepted = response
+            .headers()
+            .get(reqwest::header::SEC_WEBSOCKET_ACCEPT)
+            .is_some_and(|v| v.as_bytes() == accept.as_bytes());
+        if !accepted {
+            return Err(SessionEnd::Retry {
+                reason: "the service answered the upgrade without a valid Sec-WebSocket-Accept (a proxy in the way?)".into(),
+                stable: false,
+            });
+        }
+        // The local address this connection leaves from, to notice a
+        // change of network later (see `netchange`).
+        let route = response.remote_addr().and_then(|peer| {
+            netchange::local_ip_towards(peer)
+                .ok()
+                .map(|local| netchange::Route { peer, local })
+        });
+        let upgraded = response.upgrade().await.map_err(|e| SessionEnd::Retry {
+            reason: format!(
+                "the websocket upgrade failed: {}",
+                tls::error_chain(&e.without_url())
+            ),
+            stable: false,
+        })?;
+        let config = tungstenite::protocol::WebSocketConfig::default()
+            .max_message_size(Some(whatsnap_proto::DEFAULT_MAX_FRAME_BYTES))
+            .max_frame_size(Some(whatsnap_proto::DEFAULT_MAX_FRAME_BYTES));
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            upgraded,
+            Role::Client,
+            Some(config),
+        )
+        .await;
+        Ok((ws, route))
+    }
+
     async fn speak<S>(
         &self,
         ws: &mut tokio_tungstenite::WebSocketStream<S>,
+        route: Option<netchange::Route>,
         shutdown: &CancellationToken,
     ) -> Result<SessionEnd, SessionError>
     where
@@ -385,6 +488,8 @@ impl Link {
         wake_check.reset();
         let mut clocks = ClockPair::now();
         let mut probe_deadline: Option<Instant> = None;
+        let mut route = route;
+        let mut route_gone = false;
         let mut status_every = tokio::time::interval(Duration::from_secs(60));
         status_every.reset();
         let mut health = self.reader_health.clone();
@@ -434,6 +539,35 @@ impl Link {
                         tracing::info!(slept_s = jump.as_secs(), "woke from sleep; probing the link");
                         probe_deadline = Some(Instant::now() + WAKE_PROBE_TIMEOUT);
                         ws.send(Message::Ping(Vec::new().into())).await?;
+                    } else if probe_deadline.is_none() {
+                        // Another network under the same socket: it may be
+                        // dead without either side knowing; ask now rather
+                        // than after 45 s of silence.
+                        // One probe per change: the new address becomes
+                        // the one compared against.
+                        let moved = match route.as_mut().map(|r| (r.check(), r)) {
+                            Some((netchange::RouteCheck::Changed { now }, r)) => {
+                                tracing::info!(%now, "the network changed; probing the link");
+                                r.local = now;
+                                route_gone = false;
+                                true
+                            }
+                            Some((netchange::RouteCheck::Gone(e), _)) => {
+                                if !route_gone {
+                                    tracing::info!("no route to the service ({e}); probing the link");
+                                }
+                                !std::mem::replace(&mut route_gone, true)
+                            }
+                            Some((netchange::RouteCheck::Same, _)) => {
+                                route_gone = false;
+                                false
+                            }
+                            None => false,
+                        };
+                        if moved {
+                            probe_deadline = Some(Instant::now() + WAKE_PROBE_TIMEOUT);
+                            ws.send(Message::Ping(Vec::new().into())).await?;
+                        }
                     }
                 }
                 _ = ping.tick() => {
@@ -593,14 +727,14 @@ impl Session<'_> {
             let store = self.link.store.clone();
             let after = *sent_upto;
             let room = window - in_flight;
-            let batch = crate::blocking(move || store.outbox_after(after, room)).await?;
+            let batch =
+                crate::blocking(move || store.outbox_frames_after(after, room, now_ms())).await?;
             if batch.is_empty() {
                 return Ok(());
             }
-            for entry in batch {
-                let frame = Frame::new(entry.body, now_ms()).with_seq(entry.seq);
-                ws.feed(Message::text(frame.to_json())).await?;
-                *sent_upto = entry.seq;
+            for (seq, text) in batch {
+                ws.feed(Message::text(text)).await?;
+                *sent_upto = seq;
             }
             ws.flush().await?;
         }
@@ -777,8 +911,15 @@ impl Session<'_> {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
-        let store = self.link.store.clone();
-        let outcome = crate::blocking(move || store.accept_command(seq, cmd.as_ref())).await?;
+        let outcome = match &self.link.admission {
+            // Answers only once the command is durable, so the ack below
+            // still follows the commit.
+            Some(admission) => admission.accept(seq, cmd).await?,
+            None => {
+                let store = self.link.store.clone();
+                crate::blocking(move || store.accept_command(seq, cmd.as_ref())).await?
+            }
+        };
         match outcome {
             Accepted::Queued => {
                 self.link.send_wake.notify_one();
@@ -908,10 +1049,9 @@ fn closed(frame: Option<CloseFrame>) -> SessionEnd {
     }
 }
 
-fn retry_after(response: &tungstenite::http::Response<Option<Vec<u8>>>) -> Option<Duration> {
-    response
-        .headers()
-        .get("Retry-After")?
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
         .to_str()
         .ok()?
         .trim()

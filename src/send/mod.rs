@@ -17,6 +17,21 @@
 //! committed before it runs, with the snapshot it is confirmed against, so a
 //! daemon killed at any instant restarts by correlating that attempt only. A
 //! send that cannot be confirmed is `unknown` and is never dispatched again.
+//!
+//! A `cmd.send` reaching an idle worker through the link's [`Admission`] is
+//! accepted and begun in one commit when it can leave at once (text only,
+//! nothing ahead of it, within every limit): one fsync before osascript
+//! instead of two, with the same guarantees ([`Store::accept_dispatching`]
+//! says why). Anything else is queued and taken by the loop as before.
+//!
+//! Files the service hosts are all downloaded and checked (size, SHA-256)
+//! before the first part is dispatched ([`download`]): a file that fails its
+//! check makes the send `rejected` with nothing sent.
+//!
+//! Test only: `WHATSNAP_SEND_CRASH_AT=<step>[:N]` ([`CRASH_AT_ENV`]) makes the
+//! process SIGKILL itself at a step of the state machine ([`CrashPoint`]), so
+//! tests can kill the daemon and `whatsnap-mac send` exactly there. It is
+//! read once when the worker is built and must never be set in production.
 
 pub mod confirm;
 pub mod download;
@@ -29,15 +44,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use whatsnap_proto::frame::{CmdSend, ErrorInfo, SendResult, SendState, ServicePref};
 
 use crate::chatdb::SharedChatDb;
-use crate::store::{SendPhase, SendRecord, Store};
+use crate::store::{Accepted, SendPhase, SendRecord, Store, StoreError};
 use confirm::{ConfirmDb, Scope, SentRow};
-use record::{Attempt, DispatchCounts, SendProgress, SendSource};
+use record::{Admitted, Attempt, DispatchCounts, SendProgress, SendSource};
 use runner::{RunOutcome, Runner};
 use scripts::{Dialect, MacosVersion, Payload, Service};
 pub use settings::{MacosProbe, SendSettings, SmsMode};
@@ -100,6 +115,7 @@ impl Sender {
             downloads: None,
             pause_home: None,
             last_prune: None,
+            offers: Offers::default(),
         }
     }
 
@@ -117,7 +133,8 @@ impl Sender {
 /// A step of the state machine, for crash tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CrashPoint {
-    /// A queued send was taken; nothing committed for it yet.
+    /// A queued send was taken, or a command handed over by the link is
+    /// about to be accepted and begun at once; nothing committed for it yet.
     Taken,
     /// `dispatching` committed; osascript not started.
     Dispatching,
@@ -219,6 +236,8 @@ pub struct SendWorker {
     pause_home: Option<std::path::PathBuf>,
     /// When staged copies were last pruned.
     last_prune: Option<Instant>,
+    /// Where the link hands commands to this worker while it is idle.
+    offers: Offers,
 }
 
 /// How a send reaches Messages.
@@ -264,19 +283,24 @@ enum Part {
     Text(String),
     /// A local file (manual sends, `file://`).
     File(PathBuf),
-    /// A file the service hosts, fetched at dispatch.
+    /// A file the service hosts, fetched and checked before the send's first
+    /// dispatch (then [`Part::Staged`]); fetched at its own dispatch only when
+    /// a restarted daemon resumes a send past its first part.
     Remote {
         url: String,
         name: PathBuf,
         size: u64,
+        sha256: String,
     },
+    /// A file already downloaded and checked into the staging folder.
+    Staged(PathBuf),
 }
 
 impl Part {
     fn payload(&self) -> Payload {
         match self {
             Part::Text(_) => Payload::Text,
-            Part::File(_) | Part::Remote { .. } => Payload::File,
+            Part::File(_) | Part::Remote { .. } | Part::Staged(_) => Payload::File,
         }
     }
 }
@@ -335,6 +359,16 @@ impl SendWorker {
     pub fn with_pause_marker(mut self, home: std::path::PathBuf) -> SendWorker {
         self.pause_home = Some(home);
         self
+    }
+
+    /// The handle the link accepts `cmd.send` commands through, so that a
+    /// send that can leave at once is accepted and begun in one commit.
+    pub fn admission(&self) -> Admission {
+        Admission {
+            store: self.store.clone(),
+            wake: self.wake.clone(),
+            offers: self.offers.clone(),
+        }
     }
 
     /// Reports when each send passed the measured points (benchmark).
@@ -426,10 +460,27 @@ impl SendWorker {
                             .flatten()
                             .and_then(|r| r.result);
                     }
-                    tokio::select! {
-                        () = shutdown.cancelled() => return None,
-                        () = self.wake.notified() => continue,
+                    // Idle: offer to take the next command straight from
+                    // the link (see [`Admission`]); withdrawn when woken
+                    // otherwise, under the same lock the link takes it with.
+                    let (offer, admitted) = oneshot::channel();
+                    *lock_slot(&self.offers.slot) = Some(offer);
+                    self.offers.made.notify_waiters();
+                    let admit = tokio::select! {
+                        () = shutdown.cancelled() => None,
+                        () = self.wake.notified() => None,
+                        admit = admitted => admit.ok(),
+                    };
+                    lock_slot(&self.offers.slot).take();
+                    if shutdown.is_cancelled() {
+                        return None;
                     }
+                    if let Some(admit) = admit
+                        && let Some(done) = self.admit(admit, &settings).await
+                    {
+                        self.conclude(done).await;
+                    }
+                    continue;
                 }
                 Err(e) => {
                     tracing::error!("cannot read pending sends: {e}");
@@ -443,39 +494,166 @@ impl SendWorker {
                 () = shutdown.cancelled() => return None,
                 r = self.process(send, &settings) => r,
             };
-            let Some((result, timing)) = result else {
+            let Some(done) = result else {
                 // Held back by the hourly limits; waited, now look again.
                 continue;
             };
-            self.crash(CrashPoint::Judged);
-            tracing::info!(
-                client_msg_id = %result.client_msg_id,
-                state = ?result.state,
-                guids = ?result.guids,
-                service = ?result.service,
-                "send finished"
-            );
-            let store = self.store.clone();
-            let stored = result.clone();
-            match crate::blocking(move || store.finish_send(&stored)).await {
-                Ok(()) => {
-                    self.outbox.notify_one();
-                    self.crash(CrashPoint::Finished);
-                    if let (Some(tx), Some((spawned, exited))) = (&self.timings, timing) {
-                        let _ = tx.send(SendTiming {
-                            client_msg_id: result.client_msg_id.clone(),
-                            spawned,
-                            exited,
-                            finished: Instant::now(),
-                        });
-                    }
-                }
-                Err(e) => tracing::error!("cannot record a send result: {e}"),
-            }
+            let result = self.conclude(done).await;
             if self.only.is_some() {
                 return Some(result);
             }
         }
+    }
+
+    /// Stores a send's end (and queues its `send.result`).
+    async fn conclude(
+        &mut self,
+        (result, timing): (SendResult, Option<(Instant, Instant)>),
+    ) -> SendResult {
+        self.crash(CrashPoint::Judged);
+        tracing::info!(
+            client_msg_id = %result.client_msg_id,
+            state = ?result.state,
+            guids = ?result.guids,
+            service = ?result.service,
+            "send finished"
+        );
+        let store = self.store.clone();
+        let stored = result.clone();
+        match crate::blocking(move || store.finish_send(&stored)).await {
+            Ok(()) => {
+                self.outbox.notify_one();
+                self.crash(CrashPoint::Finished);
+                if let (Some(tx), Some((spawned, exited))) = (&self.timings, timing) {
+                    let _ = tx.send(SendTiming {
+                        client_msg_id: result.client_msg_id.clone(),
+                        spawned,
+                        exited,
+                        finished: Instant::now(),
+                    });
+                }
+            }
+            Err(e) => tracing::error!("cannot record a send result: {e}"),
+        }
+        result
+    }
+
+    /// A command handed over by the link while the worker was idle: when it
+    /// can leave at once (text only, nothing ahead of it, within every
+    /// limit), accepts it and begins its first attempt in one commit
+    /// ([`Store::accept_dispatching`], which says why that is safe), answers
+    /// the link, and sends it; otherwise accepts it the ordinary way (queued)
+    /// and lets the loop take it. Returns the end of a send it ran.
+    async fn admit(
+        &mut self,
+        admit: Admit,
+        settings: &SendSettings,
+    ) -> Option<(SendResult, Option<(Instant, Instant)>)> {
+        let Admit { seq, cmd, reply } = admit;
+        let plan = self.plan_at_once(&cmd, settings).await;
+        let began = match &plan {
+            Some(plan) => {
+                // Nothing is durable yet: a crash here loses the command
+                // unacked, and the service sends it again.
+                self.crash(CrashPoint::Taken);
+                let store = self.store.clone();
+                let c = cmd.clone();
+                let (route, progress, before) =
+                    (plan.route.clone(), plan.progress.clone(), plan.before);
+                let now = self.clock.now_ms();
+                crate::blocking(move || {
+                    let (chat, handle) = route_columns(&route);
+                    store.accept_dispatching(
+                        seq,
+                        &c,
+                        &Attempt {
+                            max_rowid_before: before,
+                            target_chat: chat.as_deref(),
+                            target_handle: handle.as_deref(),
+                            new_handle: matches!(route, Route::Handle { .. }),
+                            progress: &progress,
+                        },
+                        now,
+                    )
+                })
+                .await
+            }
+            None => Ok(Admitted::Wait),
+        };
+        let dispatch_now = matches!(began, Ok(Admitted::Began));
+        let answer = match began {
+            Ok(Admitted::Began) => Ok(crate::store::Accepted::Queued),
+            Ok(Admitted::Refused(refusal)) => Ok(refusal),
+            Ok(Admitted::Wait) => {
+                let store = self.store.clone();
+                let c = cmd.clone();
+                crate::blocking(move || store.accept_command(seq, Some(&c))).await
+            }
+            Err(e) => Err(e),
+        };
+        // The link acks on this answer: only ever after the commit above.
+        let _ = reply.send(answer);
+        let plan = plan.filter(|_| dispatch_now)?;
+        tracing::debug!(client_msg_id = %cmd.client_msg_id, "accepted and dispatching at once (one commit)");
+        let parts = vec![Part::Text(cmd.text.clone())];
+        Some(
+            self.run_parts(
+                &cmd,
+                &plan.route,
+                plan.dialect,
+                &parts,
+                plan.mode,
+                plan.progress,
+                None,
+                Some((plan.via, plan.before)),
+                settings,
+            )
+            .await,
+        )
+    }
+
+    /// Everything the worker would check and pick before `dispatching`, for
+    /// a command that may leave at once; `None` when it may not (files to
+    /// fetch or copy, a refusal to report, a limit, a pause, a deadline):
+    /// then the ordinary path handles it.
+    async fn plan_at_once(&mut self, cmd: &CmdSend, settings: &SendSettings) -> Option<AtOnce> {
+        if !cmd.attachments.is_empty()
+            || check_command(cmd).is_some()
+            || cmd
+                .expires_at_ms
+                .is_some_and(|at| at <= self.clock.now_ms())
+            || self
+                .pause_home
+                .as_deref()
+                .is_some_and(crate::control::sending_paused)
+        {
+            return None;
+        }
+        let route = self.route(cmd).await.ok()?;
+        let new_handle = matches!(route, Route::Handle { .. });
+        if self.pacing_wait(settings, new_handle).await.is_some() {
+            return None;
+        }
+        let (dialect, _tahoe) = self.dialect().await?;
+        let mode = sms_mode(cmd, settings);
+        let via = first_via(&route, mode);
+        let (via_name, service) = via.encode();
+        let progress = SendProgress {
+            via: Some(via_name),
+            service,
+            ..SendProgress::default()
+        };
+        // The snapshot the attempt is confirmed against, taken before the
+        // commit that precedes the spawn, as on the ordinary path.
+        let before = self.confirm.max_rowid().await.ok()?;
+        Some(AtOnce {
+            route,
+            dialect,
+            mode,
+            via,
+            progress,
+            before,
+        })
     }
 
     async fn expire_overdue(&self, now: i64) -> Result<(), crate::store::StoreError> {
@@ -579,7 +757,7 @@ impl SendWorker {
                 None,
             ));
         };
-        let parts = match self.parts(&cmd) {
+        let mut parts = match self.parts(&cmd) {
             Ok(parts) => parts,
             Err(message) => {
                 return Some((
@@ -592,16 +770,16 @@ impl SendWorker {
                 ));
             }
         };
-        let mode = match cmd.service_pref {
-            ServicePref::Auto => settings.sms,
-            ServicePref::Imessage => SmsMode::ImessageOnly,
-            ServicePref::Sms => SmsMode::SmsOnly,
-        };
-        let mut progress = send.progress.clone();
-        let mut timing: Option<(Instant, Instant)> = None;
+        if send.phase == SendPhase::Queued
+            && let Err(refused) = self.prefetch(&cmd, &mut parts).await
+        {
+            return Some((refused, None));
+        }
+        let mode = sms_mode(&cmd, settings);
+        let progress = send.progress.clone();
         // A send left in `dispatching` by a previous run: correlate the
         // attempt in flight, never dispatch it again.
-        let mut resumed = if send.phase == SendPhase::Dispatching {
+        let resumed = if send.phase == SendPhase::Dispatching {
             let elapsed = self.clock.now_ms() - send.dispatched_ms.unwrap_or(0);
             let left = settings
                 .restart_confirm_window
@@ -634,11 +812,40 @@ impl SendWorker {
         } else {
             None
         };
+        Some(
+            self.run_parts(
+                &cmd, &route, dialect, &parts, mode, progress, resumed, None, settings,
+            )
+            .await,
+        )
+    }
+
+    /// Sends `parts` in order from `progress.part`, each confirmed before the
+    /// next. `resumed` is the end of an attempt a previous run left in
+    /// flight (correlated, never dispatched again); `begun` an attempt
+    /// already committed as `dispatching` with its snapshot, to be
+    /// dispatched now (see [`SendWorker::admit`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn run_parts(
+        &mut self,
+        cmd: &CmdSend,
+        route: &Route,
+        dialect: Dialect,
+        parts: &[Part],
+        mode: SmsMode,
+        mut progress: SendProgress,
+        mut resumed: Option<AttemptEnd>,
+        mut begun: Option<(Via, i64)>,
+        settings: &SendSettings,
+    ) -> (SendResult, Option<(Instant, Instant)>) {
+        let mut timing: Option<(Instant, Instant)> = None;
         while progress.part < parts.len() {
             let part = parts[progress.part].clone();
             let payload = part.payload();
             // The first attempt of this part, unless resuming one.
+            let mut first_begun = begun.take();
             let mut via = match (&resumed, progress.via.as_deref()) {
+                _ if let Some((via, _)) = &first_begun => via.clone(),
                 (Some(_), Some("handle")) => Via::Handle(
                     route.direct_handle().unwrap_or_default().to_owned(),
                     progress
@@ -647,11 +854,11 @@ impl SendWorker {
                         .and_then(Service::parse)
                         .unwrap_or(Service::IMessage),
                 ),
-                (Some(_), _) => match &route {
+                (Some(_), _) => match route {
                     Route::Chat { guid, .. } => Via::Chat(guid.clone()),
                     Route::Handle { handle } => Via::Handle(handle.clone(), Service::IMessage),
                 },
-                (None, _) => first_via(&route, mode),
+                (None, _) => first_via(route, mode),
             };
             let mut tried_participant = matches!(via, Via::Handle(..));
             let end = loop {
@@ -660,13 +867,14 @@ impl SendWorker {
                     None => {
                         let (end, times) = self
                             .attempt(
-                                &cmd,
-                                &route,
+                                cmd,
+                                route,
                                 &part,
                                 payload,
                                 &via,
                                 dialect,
                                 &mut progress,
+                                first_begun.take().map(|(_, before)| before),
                                 settings,
                             )
                             .await;
@@ -753,21 +961,21 @@ impl SendWorker {
                     ..
                 } => {
                     progress.guids.extend(guids);
-                    let mut r = finished(&cmd, SendState::Failed, Some((&code, &message)));
+                    let mut r = finished(cmd, SendState::Failed, Some((&code, &message)));
                     r.guids = progress.guids;
                     r.service = service.or(progress.carrier);
-                    return Some((r, timing));
+                    return (r, timing);
                 }
                 AttemptEnd::Unknown { guids, message } => {
                     progress.guids.extend(guids);
-                    let mut r = unknown(&cmd, &message);
+                    let mut r = unknown(cmd, &message);
                     r.guids = progress.guids;
                     r.service = progress.carrier;
-                    return Some((r, timing));
+                    return (r, timing);
                 }
             }
         }
-        Some((
+        (
             SendResult {
                 client_msg_id: cmd.client_msg_id.clone(),
                 state: SendState::Sent,
@@ -776,7 +984,7 @@ impl SendWorker {
                 error: None,
             },
             timing,
-        ))
+        )
     }
 
     /// Dispatches one attempt and confirms it.
@@ -790,6 +998,7 @@ impl SendWorker {
         via: &Via,
         dialect: Dialect,
         progress: &mut SendProgress,
+        begun: Option<i64>,
         settings: &SendSettings,
     ) -> (AttemptEnd, Option<(Instant, Instant)>) {
         let data = match part {
@@ -798,21 +1007,25 @@ impl SendWorker {
                 Ok(staged) => staged.to_string_lossy().into_owned(),
                 Err(message) => return (staging_failed(message), None),
             },
-            Part::Remote { url, name, size } => {
-                let Some(downloads) = &self.downloads else {
+            Part::Staged(path) => path.to_string_lossy().into_owned(),
+            Part::Remote { .. } => match self.fetch_remote(part).await {
+                Ok(staged) => staged.to_string_lossy().into_owned(),
+                // A later file of a resumed send: earlier parts may have gone
+                // out, so this is `failed` (with their GUIDs), not `rejected`.
+                Err(e) => {
                     return (
-                        staging_failed(
-                            "this sender cannot fetch files from the service (no device token)"
-                                .into(),
-                        ),
+                        AttemptEnd::Failed {
+                            guids: Vec::new(),
+                            service: None,
+                            code: "bad_attachment".into(),
+                            message: e.to_string(),
+                            no_such_chat: false,
+                            service_failure: false,
+                        },
                         None,
                     );
-                };
-                match stage_remote(self.confirm.path(), downloads, url, name, *size).await {
-                    Ok(staged) => staged.to_string_lossy().into_owned(),
-                    Err(message) => return (staging_failed(message), None),
                 }
-            }
+            },
         };
         let (script, target) = match via {
             Via::Chat(guid) => (scripts::to_chat(payload), guid.clone()),
@@ -821,77 +1034,18 @@ impl SendWorker {
                 handle.clone(),
             ),
         };
-        let before = match self.confirm.max_rowid().await {
-            Ok(n) => n,
-            Err(e) => {
-                return (
-                    AttemptEnd::Failed {
-                        guids: Vec::new(),
-                        service: None,
-                        code: "chatdb".into(),
-                        message: e.to_string(),
-                        no_such_chat: false,
-                        service_failure: false,
-                    },
-                    None,
-                );
-            }
-        };
         let (via_name, service) = via.encode();
         progress.via = Some(via_name.clone());
         progress.service = service.clone();
         let scope = scope_of(route, Some(&via_name), service.as_deref());
-        {
-            let store = self.store.clone();
-            let id = cmd.client_msg_id.clone();
-            let chat = match route {
-                Route::Chat { guid, .. } => Some(guid.clone()),
-                Route::Handle { .. } => None,
-            };
-            let handle = route.direct_handle().map(str::to_owned);
-            let new_handle = matches!(route, Route::Handle { .. });
-            let p = progress.clone();
-            let now = self.clock.now_ms();
-            let began = crate::blocking(move || {
-                store.begin_attempt(
-                    &id,
-                    &Attempt {
-                        max_rowid_before: before,
-                        target_chat: chat.as_deref(),
-                        target_handle: handle.as_deref(),
-                        new_handle,
-                        progress: &p,
-                    },
-                    now,
-                )
-            })
-            .await;
-            match began {
-                Ok(true) => {}
-                Ok(false) => {
-                    return (
-                        AttemptEnd::Unknown {
-                            guids: Vec::new(),
-                            message: "another worker holds or finished this send; it was not dispatched again".into(),
-                        },
-                        None,
-                    );
-                }
-                Err(e) => {
-                    return (
-                        AttemptEnd::Failed {
-                            guids: Vec::new(),
-                            service: None,
-                            code: "store".into(),
-                            message: e.to_string(),
-                            no_such_chat: false,
-                            service_failure: false,
-                        },
-                        None,
-                    );
-                }
-            }
-        }
+        let before = match begun {
+            // Already committed as `dispatching`, with its snapshot.
+            Some(before) => before,
+            None => match self.begin(cmd, route, progress).await {
+                Ok(before) => before,
+                Err(end) => return (end, None),
+            },
+        };
         self.crash(CrashPoint::Dispatching);
         tracing::info!(client_msg_id = %cmd.client_msg_id, script = script.name, "dispatching to Messages");
         let spawned = Instant::now();
@@ -949,6 +1103,59 @@ impl SendWorker {
             }
         };
         (end, Some((spawned, exited)))
+    }
+
+    /// Snapshots chat.db's `MAX(ROWID)` and commits the attempt as
+    /// `dispatching` with it, before anything reaches Messages. Returns the
+    /// snapshot, or how the attempt ends when it must not run.
+    async fn begin(
+        &self,
+        cmd: &CmdSend,
+        route: &Route,
+        progress: &SendProgress,
+    ) -> Result<i64, AttemptEnd> {
+        let not_begun = |code: &str, message: String| AttemptEnd::Failed {
+            guids: Vec::new(),
+            service: None,
+            code: code.into(),
+            message,
+            no_such_chat: false,
+            service_failure: false,
+        };
+        let before = self
+            .confirm
+            .max_rowid()
+            .await
+            .map_err(|e| not_begun("chatdb", e.to_string()))?;
+        let store = self.store.clone();
+        let id = cmd.client_msg_id.clone();
+        let (chat, handle) = route_columns(route);
+        let new_handle = matches!(route, Route::Handle { .. });
+        let p = progress.clone();
+        let now = self.clock.now_ms();
+        let began = crate::blocking(move || {
+            store.begin_attempt(
+                &id,
+                &Attempt {
+                    max_rowid_before: before,
+                    target_chat: chat.as_deref(),
+                    target_handle: handle.as_deref(),
+                    new_handle,
+                    progress: &p,
+                },
+                now,
+            )
+        })
+        .await;
+        match began {
+            Ok(true) => Ok(before),
+            Ok(false) => Err(AttemptEnd::Unknown {
+                guids: Vec::new(),
+                message: "another worker holds or finished this send; it was not dispatched again"
+                    .into(),
+            }),
+            Err(e) => Err(not_begun("store", e.to_string())),
+        }
     }
 
     /// Waits up to `window` for the from-me row(s) of `part` after ROWID
@@ -1057,12 +1264,68 @@ impl SendWorker {
                     url: a.url.clone(),
                     name: download::safe_name(&a.name),
                     size: a.size,
+                    sha256: a.sha256.clone(),
                 });
             } else {
                 parts.push(Part::File(attachment_source(&a.url)?));
             }
         }
         Ok(parts)
+    }
+
+    /// Downloads a [`Part::Remote`] into the staging folder, checked.
+    async fn fetch_remote(&self, part: &Part) -> Result<PathBuf, download::DownloadError> {
+        let Part::Remote {
+            url,
+            name,
+            size,
+            sha256,
+        } = part
+        else {
+            return Err(download::DownloadError::Failed(
+                "not a file hosted by the service".into(),
+            ));
+        };
+        let Some(downloads) = &self.downloads else {
+            return Err(download::DownloadError::Failed(
+                "this sender cannot fetch files from the service (no device token); pair the Mac \
+                 again with `whatsnap-mac pair`"
+                    .into(),
+            ));
+        };
+        let expected = download::Expected {
+            size: *size,
+            sha256,
+        };
+        stage_remote(self.confirm.path(), downloads, url, name, expected).await
+    }
+
+    /// Fetches and checks every file the service hosts before the first part
+    /// is dispatched (protocol §10: a file failing its size or checksum check
+    /// makes the send `rejected`, before `dispatching`), so a bad file never
+    /// leaves a send half sent.
+    async fn prefetch(&self, cmd: &CmdSend, parts: &mut [Part]) -> Result<(), SendResult> {
+        for part in parts.iter_mut() {
+            if !matches!(part, Part::Remote { .. }) {
+                continue;
+            }
+            match self.fetch_remote(part).await {
+                Ok(staged) => *part = Part::Staged(staged),
+                Err(e) => {
+                    let state = match e {
+                        download::DownloadError::Refused(_) => SendState::Rejected,
+                        download::DownloadError::Failed(_) => SendState::Failed,
+                    };
+                    tracing::warn!(client_msg_id = %cmd.client_msg_id, "{e}");
+                    return Err(finished(
+                        cmd,
+                        state,
+                        Some(("bad_attachment", &e.to_string())),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// How long the next send must wait for the hourly limits, if at all.
@@ -1094,6 +1357,122 @@ impl SendWorker {
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = self.settings.changed() => {}
+        }
+    }
+}
+
+/// The `target_chat` and `target_handle` columns of an attempt on `route`.
+fn route_columns(route: &Route) -> (Option<String>, Option<String>) {
+    let chat = match route {
+        Route::Chat { guid, .. } => Some(guid.clone()),
+        Route::Handle { .. } => None,
+    };
+    (chat, route.direct_handle().map(str::to_owned))
+}
+
+/// The SMS rule for `cmd`: its own preference, else the account's setting.
+fn sms_mode(cmd: &CmdSend, settings: &SendSettings) -> SmsMode {
+    match cmd.service_pref {
+        ServicePref::Auto => settings.sms,
+        ServicePref::Imessage => SmsMode::ImessageOnly,
+        ServicePref::Sms => SmsMode::SmsOnly,
+    }
+}
+
+/// A send that may leave as soon as it is accepted.
+#[derive(Debug)]
+struct AtOnce {
+    route: Route,
+    dialect: Dialect,
+    mode: SmsMode,
+    via: Via,
+    progress: SendProgress,
+    before: i64,
+}
+
+/// A `cmd.send` handed from the link to an idle worker.
+#[derive(Debug)]
+struct Admit {
+    seq: u64,
+    cmd: CmdSend,
+    reply: oneshot::Sender<Result<Accepted, StoreError>>,
+}
+
+/// Where an idle worker waits for a command, taken under this lock by
+/// exactly one of the link (to hand a command over) and the worker (to
+/// withdraw the offer when it has other work).
+type Slot = Arc<std::sync::Mutex<Option<oneshot::Sender<Admit>>>>;
+
+fn lock_slot(slot: &Slot) -> std::sync::MutexGuard<'_, Option<oneshot::Sender<Admit>>> {
+    // The guarded value is a plain channel end: usable after a panic.
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Worker side of [`Admission`]: the offer, and a signal for each new one.
+#[derive(Debug, Clone, Default)]
+struct Offers {
+    slot: Slot,
+    made: Arc<Notify>,
+}
+
+/// How the link hands over a durable `cmd.send` (protocol §4.2): it calls
+/// [`Admission::accept`] instead of [`Store::accept_command`] and acks on
+/// the answer as before. When the send worker is idle, the worker itself
+/// accepts the command and, if the send can leave at once, commits its
+/// acceptance and `dispatching` together (one fsync instead of two before
+/// osascript; see [`Store::accept_dispatching`] for why that is safe), then
+/// answers; otherwise the command is accepted into the queue as before.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    store: Store,
+    wake: Arc<Notify>,
+    offers: Offers,
+}
+
+impl Admission {
+    /// Records durable command `seq` (`cmd` is `None` for commands the
+    /// daemon does not act on) and says how to answer it. Returns only once
+    /// the command is durable (or refused), so the caller may ack it.
+    pub async fn accept(&self, seq: u64, cmd: Option<CmdSend>) -> Result<Accepted, StoreError> {
+        if let Some(cmd) = &cmd {
+            let offer = lock_slot(&self.offers.slot).take();
+            if let Some(offer) = offer {
+                let (reply, answer) = oneshot::channel();
+                let handed = offer.send(Admit {
+                    seq,
+                    cmd: cmd.clone(),
+                    reply,
+                });
+                if handed.is_ok()
+                    && let Ok(answer) = answer.await
+                {
+                    return answer;
+                }
+                // The worker stopped before answering: it wrote nothing it
+                // did not answer for, so the ordinary path decides (a
+                // command it did commit is a duplicate there).
+            }
+        }
+        let store = self.store.clone();
+        let accepted = crate::blocking(move || store.accept_command(seq, cmd.as_ref())).await?;
+        if accepted == Accepted::Queued {
+            self.wake.notify_one();
+        }
+        Ok(accepted)
+    }
+
+    /// Waits until the worker is idle and would take the next command
+    /// itself (for benchmarks and tests that measure that path).
+    pub async fn until_idle(&self) {
+        loop {
+            let made = self.offers.made.notified();
+            tokio::pin!(made);
+            made.as_mut().enable();
+            if lock_slot(&self.offers.slot).is_some() {
+                return;
+            }
+            made.await;
         }
     }
 }
@@ -1191,7 +1570,7 @@ fn part_matches(part: &Part, row: &SentRow) -> bool {
             .transfer_names
             .iter()
             .any(|t| std::ffi::OsStr::new(t) == name.as_os_str()),
-        Part::File(path) => path.file_name().is_some_and(|n| {
+        Part::File(path) | Part::Staged(path) => path.file_name().is_some_and(|n| {
             row.transfer_names
                 .iter()
                 .any(|t| t.as_str() == n.to_string_lossy())
@@ -1280,7 +1659,7 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// Percent-encodes a path into a `file://` URL ([`attachment_source`] reads it back).
+/// Percent-encodes a path into a `file://` URL (`attachment_source` reads it back).
 pub fn file_url(path: &Path) -> String {
     let mut url = String::from("file://");
     for b in path.to_string_lossy().bytes() {
@@ -1322,22 +1701,35 @@ async fn stage(chat_db: &Path, source: &Path) -> Result<PathBuf, String> {
     Ok(target)
 }
 
-/// Downloads a service-hosted file straight into the staging folder.
+/// Downloads a service-hosted file straight into the staging folder,
+/// checked against its size and SHA-256. A file that fails leaves nothing
+/// behind, not even its folder.
 async fn stage_remote(
     chat_db: &Path,
     downloads: &download::Downloads,
     url: &str,
     name: &Path,
-    size: u64,
-) -> Result<PathBuf, String> {
+    expected: download::Expected<'_>,
+) -> Result<PathBuf, download::DownloadError> {
     let dir = staging_dir(chat_db);
     let target = dir.join(name);
     let d = dir.clone();
     crate::blocking(move || std::fs::create_dir_all(&d))
         .await
-        .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    downloads.fetch(url, &target, size).await?;
-    Ok(target)
+        .map_err(|e| {
+            download::DownloadError::Failed(format!(
+                "cannot create {}: {e}; check that the Messages folder is writable",
+                dir.display()
+            ))
+        })?;
+    match downloads.fetch(url, &target, expected).await {
+        Ok(_) => Ok(target),
+        Err(e) => {
+            // Only our own empty <uuid> folder; never fails the send.
+            let _ = tokio::fs::remove_dir(&dir).await;
+            Err(e)
+        }
+    }
 }
 
 fn staging_failed(message: String) -> AttemptEnd {

@@ -71,6 +71,20 @@ pub struct Attempt<'a> {
     pub progress: &'a SendProgress,
 }
 
+/// What [`Store::accept_dispatching`](crate::store::Store::accept_dispatching)
+/// did with a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admitted {
+    /// Accepted and its first attempt begun, in one commit: dispatch it now.
+    Began,
+    /// The seq was refused (a duplicate or a gap); answer as told. Nothing
+    /// was written.
+    Refused(crate::store::Accepted),
+    /// It cannot begin at once (another send is ahead, or the id is known):
+    /// nothing was written; accept it the ordinary way.
+    Wait,
+}
+
 /// How many sends wait, for `status`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct QueueDepth {

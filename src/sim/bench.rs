@@ -14,56 +14,72 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::chatdb::{ChatDb, SharedChatDb, typedstream};
+use crate::chatdb::{ChatDb, SharedChatDb, bulk, typedstream};
 
-/// Reads every row after ROWID 0 into event JSON (to a sink) and times it
-/// against [`ChatDb::bare_scan`]; prints both and their ratio.
+/// Reads every row after ROWID 0 into event JSON (to a sink), as `messages
+/// --since-rowid 0` does, and times it against [`ChatDb::bare_scan`] of the
+/// same columns in the same run; prints both, their ratio, and the same read
+/// on one worker thread.
 pub fn read(path: &Path) -> anyhow::Result<()> {
     let db = ChatDb::open(path)?;
     // Warm the page cache so neither side pays for the first disk read.
     db.bare_scan(0)?;
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_time());
     let (bare_rows, bytes) = db.bare_scan(0)?;
-    let bare = t.elapsed();
-    let t = Instant::now();
-    let mut cursor = 0;
-    let mut rows = 0u64;
-    let mut events = 0u64;
-    let mut line = Vec::new();
-    let mut sink = 0usize;
-    loop {
-        let batch = db.read_after(cursor, 5_000)?;
-        let Some(last) = batch.last() else { break };
-        cursor = last.rowid;
-        rows += batch.len() as u64;
-        for row in batch {
-            if let Some(body) = row.into_body(None) {
-                line.clear();
-                crate::cli::messages::write_line(&mut line, &body)?;
-                sink += line.len();
-                events += 1;
-            }
-        }
-    }
-    let full = t.elapsed();
+    let (bare, bare_cpu) = (t.elapsed(), since(cpu));
     let rate = |n: u64, d: Duration| n as f64 / d.as_secs_f64();
     println!(
-        "bare scan: {bare_rows} rows, {:.0} MB in {:.2} s = {:.0} rows/s",
+        "bare scan (1 thread, message + chat_message_join): {bare_rows} rows, {:.0} MB in {:.2} s{} = {:.0} rows/s",
         bytes as f64 / 1e6,
         bare.as_secs_f64(),
+        cpu_note(bare_cpu),
         rate(bare_rows, bare)
     );
-    println!(
-        "events:    {rows} rows -> {events} events, {:.0} MB JSON in {:.2} s = {:.0} rows/s",
-        sink as f64 / 1e6,
-        full.as_secs_f64(),
-        rate(rows, full)
-    );
-    println!(
-        "ratio events/bare time: {:.2}x",
-        full.as_secs_f64() / bare.as_secs_f64()
-    );
+    let workers = bulk::default_workers();
+    for w in [workers, 1] {
+        let (t, cpu) = (Instant::now(), cpu_time());
+        let mut sink = 0usize;
+        let p = bulk::read_json(path, 0, w, |lines, _| {
+            sink += std::hint::black_box(lines).len();
+            Ok(())
+        })?;
+        let (full, full_cpu) = (t.elapsed(), since(cpu));
+        println!(
+            "events ({w} worker{}): {} rows -> {} events, {:.0} MB JSON in {:.2} s{} = {:.0} rows/s, {:.2}x the bare scan's time",
+            if w == 1 { "" } else { "s" },
+            p.rows,
+            p.events,
+            sink as f64 / 1e6,
+            full.as_secs_f64(),
+            cpu_note(full_cpu),
+            rate(p.rows, full),
+            full.as_secs_f64() / bare.as_secs_f64()
+        );
+    }
     Ok(())
+}
+
+/// CPU time this process has used (user + system), where the system says
+/// (Linux `/proc`); the benchmark machine is shared, so CPU time tells the
+/// cost apart from waiting for a core.
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces): utime and
+    // stime are the 12th and 13th, in clock ticks (100 per second).
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = rest.split(' ').skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((user + system) * 10))
+}
+
+fn since(start: Option<Duration>) -> Option<Duration> {
+    Some(cpu_time()?.saturating_sub(start?))
+}
+
+fn cpu_note(cpu: Option<Duration>) -> String {
+    cpu.map(|c| format!(" ({:.2} s CPU)", c.as_secs_f64()))
+        .unwrap_or_default()
 }
 
 /// Decodes up to `limit` bodies from the database `rounds` times.
@@ -91,10 +107,14 @@ pub fn decode(path: &Path, limit: usize, rounds: u32) -> anyhow::Result<()> {
 }
 
 /// Writes `messages` incoming messages at `rate` per second into a fresh
-/// database while the daemon's watcher and reader run, and reports the
-/// latency from each commit to its event being in the store.
+/// database while the daemon's watcher and reader run, and reports two
+/// latencies from each simulator commit: to the reader having produced its
+/// event ([`crate::reader::probe`], before the store commit), and to the
+/// event being durably in the store (the store's `fsync` included).
 pub fn wakeup(dir: &Path, messages: u32, rate: u32) -> anyhow::Result<()> {
-    use crate::reader::{Reader, ReaderHealth, Tracker};
+    use std::collections::HashMap;
+
+    use crate::reader::{Reader, ReaderHealth, Tracker, probe};
     use crate::sim::Simulator;
     use crate::store::Store;
     use tokio::sync::{Notify, watch};
@@ -107,7 +127,8 @@ pub fn wakeup(dir: &Path, messages: u32, rate: u32) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("runtime")?;
-    let latencies = rt.block_on(async {
+    let (read_tx, read_rx) = std::sync::mpsc::channel::<(String, Instant)>();
+    let (committed, stored) = rt.block_on(async {
         let shutdown = tokio_util::sync::CancellationToken::new();
         let (ticks_tx, ticks) = watch::channel(0u64);
         let _w = crate::watch::spawn(
@@ -127,10 +148,11 @@ pub fn wakeup(dir: &Path, messages: u32, rate: u32) -> anyhow::Result<()> {
         };
         // Baseline before writing.
         reader.scan(&mut Tracker::default()).await?;
+        probe::install(read_tx);
         let task = tokio::spawn(reader.run(shutdown.clone()));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
-        let writer = std::thread::spawn(move || -> anyhow::Result<()> {
+        let writer = std::thread::spawn(move || -> anyhow::Result<HashMap<String, Instant>> {
             let period = Duration::from_secs_f64(1.0 / f64::from(rate));
+            let mut committed = HashMap::with_capacity(messages as usize);
             let start = Instant::now();
             for i in 0..messages {
                 let due = start + period * i;
@@ -138,6 +160,7 @@ pub fn wakeup(dir: &Path, messages: u32, rate: u32) -> anyhow::Result<()> {
                     std::thread::sleep(wait);
                 }
                 let m = sim.receive("+15551230001", &format!("message {i}"))?;
+                committed.insert(m.guid, Instant::now());
                 // Messages checkpoints as it goes (SQLite's default is every
                 // 1,000 WAL pages); without it the WAL grows by ~100 KB per
                 // message on this schema's indexes.
@@ -145,70 +168,65 @@ pub fn wakeup(dir: &Path, messages: u32, rate: u32) -> anyhow::Result<()> {
                     sim.conn
                         .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
                 }
-                let _ = tx.send((m.guid, Instant::now()));
             }
-            Ok(())
+            Ok(committed)
         });
-        let mut committed = std::collections::HashMap::new();
-        let mut arrived: std::collections::HashMap<String, Instant> =
-            std::collections::HashMap::new();
-        let mut latencies = Vec::with_capacity(messages as usize);
+        let mut stored: HashMap<String, Instant> = HashMap::with_capacity(messages as usize);
         let mut seen = 0u64;
-        while latencies.len() < messages as usize {
+        while stored.len() < messages as usize {
             tokio::select! {
                 () = outbox.notified() => {}
-                Some((guid, at)) = rx.recv() => {
-                    // The event may be read before the writer thread reports
-                    // its commit time.
-                    match arrived.remove(&guid) {
-                        Some(seen_at) => latencies.push(seen_at.saturating_duration_since(at)),
-                        None => { committed.insert(guid, at); }
-                    }
-                    continue;
-                }
                 () = tokio::time::sleep(Duration::from_secs(5)) => {
                     anyhow::bail!("no event for 5 s (reader: {:?})", health_rx.borrow().error)
                 }
             }
             let now = Instant::now();
-            while let Ok((guid, at)) = rx.try_recv() {
-                match arrived.remove(&guid) {
-                    Some(seen_at) => latencies.push(seen_at.saturating_duration_since(at)),
-                    None => {
-                        committed.insert(guid, at);
-                    }
-                }
-            }
             let s = store.clone();
             let entries = crate::blocking(move || s.outbox_after(seen, 100_000)).await?;
             for e in entries {
                 seen = e.seq;
                 if let whatsnap_proto::frame::Body::EventMessage(m) = e.body {
-                    match committed.remove(&m.guid) {
-                        Some(at) => latencies.push(now.saturating_duration_since(at)),
-                        None => {
-                            arrived.insert(m.guid, now);
-                        }
-                    }
+                    stored.insert(m.guid, now);
                 }
             }
         }
         shutdown.cancel();
         let _ = task.await;
-        writer
+        probe::clear();
+        let committed = writer
             .join()
             .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
-        anyhow::Ok(latencies)
+        anyhow::Ok((committed, stored))
     })?;
-    let mut l = latencies;
-    l.sort();
-    let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
-    println!(
-        "{} messages at {rate}/s: wake-up latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        l.len(),
-        pct(0.50).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3,
-        pct(1.0).as_secs_f64() * 1e3
-    );
+    let mut read: HashMap<String, Instant> = HashMap::new();
+    for (guid, at) in read_rx.try_iter() {
+        read.entry(guid).or_insert(at);
+    }
+    // The event can be read before the writer thread takes its timestamp
+    // (it is preempted between the commit and `Instant::now()`): count 0.
+    let latencies = |to: &HashMap<String, Instant>| -> anyhow::Result<Vec<Duration>> {
+        let mut l = committed
+            .iter()
+            .map(|(guid, at)| {
+                to.get(guid)
+                    .map(|t| t.saturating_duration_since(*at))
+                    .with_context(|| format!("message {guid} was committed but never seen"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        l.sort();
+        Ok(l)
+    };
+    let report = |what: &str, l: &[Duration]| {
+        let pct = |p: f64| l[((l.len() as f64 * p) as usize).min(l.len() - 1)];
+        println!(
+            "{} messages at {rate}/s: commit -> {what}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            l.len(),
+            pct(0.50).as_secs_f64() * 1e3,
+            pct(0.99).as_secs_f64() * 1e3,
+            pct(1.0).as_secs_f64() * 1e3
+        );
+    };
+    report("event read", &latencies(&read)?);
+    report("event stored", &latencies(&stored)?);
     Ok(())
 }

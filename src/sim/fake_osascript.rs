@@ -54,9 +54,10 @@ pub const CONTROL_ENV: &str = "WHATSNAP_SIM_OSASCRIPT_CONTROL";
 pub struct Control {
     /// Wait this long before acting (a slow Messages that still succeeds).
     pub delay_ms: u64,
-    /// Never answer (until killed): the daemon's timeout must fire.
+    /// Do not answer until this is cleared again (or until killed: the
+    /// daemon's timeout must fire). See [`hanging_marker`].
     pub hang: bool,
-    /// Write the row, then never answer.
+    /// Write the row, then do not answer until this is cleared.
     pub hang_after_row: bool,
     /// Fail every call with this AppleScript error number before acting
     /// (-1743 Automation denied, -1700, -1712 ...).
@@ -78,6 +79,14 @@ pub struct Control {
     pub ghost_groups: bool,
     /// Chat GUIDs in chat.db that Messages' live list lacks: -1728.
     pub unknown_chats: Vec<String>,
+}
+
+/// The file that exists while a fake run with the control file `control`
+/// hangs at `stage` (`before_row` or `after_row`); it holds the fake's pid.
+pub fn hanging_marker(control: &Path, stage: &str) -> PathBuf {
+    let mut marker = control.as_os_str().to_owned();
+    marker.push(format!(".hanging-{stage}"));
+    PathBuf::from(marker)
 }
 
 impl Control {
@@ -157,7 +166,7 @@ fn run_inner(chat_db: &Path, args: &[String], script: &str) -> Result<(), String
         std::thread::sleep(Duration::from_millis(control.delay_ms));
     }
     if control.hang {
-        hang();
+        hang("before_row", |c| c.hang);
     }
     if let Some(code) = control.fail_code {
         return Err(canned_error(code));
@@ -263,7 +272,7 @@ fn run_inner(chat_db: &Path, args: &[String], script: &str) -> Result<(), String
     };
     written.map_err(|e| fake_error(&e))?;
     if control.hang_after_row {
-        hang();
+        hang("after_row", |c| c.hang_after_row);
     }
     Ok(())
 }
@@ -291,9 +300,38 @@ impl Shape {
     }
 }
 
-fn hang() -> ! {
+/// Hangs at `stage` (`before_row`, `after_row`) while `still` holds for the
+/// control file, as a Messages that does not answer. Meanwhile
+/// `<control file>.hanging-<stage>` holds this process's id, so a test can
+/// wait for the fake to be exactly there (a file appearing, never a sleep)
+/// and then kill the daemon; clearing the flag (or removing the file) lets
+/// the fake go on, as a Messages that finally answers. Left set, it hangs
+/// until killed (the daemon's timeout).
+fn hang(stage: &str, still: fn(&Control) -> bool) {
+    let marker =
+        std::env::var_os(CONTROL_ENV).map(|control| hanging_marker(Path::new(&control), stage));
+    if let Some(marker) = &marker {
+        // Written whole, then renamed: a test never reads half a pid.
+        let mut partial = marker.clone().into_os_string();
+        partial.push(".partial");
+        let written = std::fs::write(&partial, std::process::id().to_string())
+            .and_then(|()| std::fs::rename(&partial, marker));
+        if let Err(e) = written {
+            eprintln!("fake osascript: cannot write {}: {e}", marker.display());
+        }
+    }
     loop {
-        std::thread::sleep(Duration::from_secs(3600));
+        // This is the simulated Messages taking its time, not a test
+        // waiting: the fake looks at its control file a few times a second.
+        std::thread::sleep(Duration::from_millis(20));
+        if let Ok(control) = Control::load()
+            && !still(&control)
+        {
+            break;
+        }
+    }
+    if let Some(marker) = &marker {
+        let _ = std::fs::remove_file(marker);
     }
 }
 

@@ -312,6 +312,41 @@ impl SendSim {
         })
     }
 
+    /// Every from-me row, oldest first, as (GUID, text as Messages shows
+    /// it): what a test counts to prove a send went out at most once.
+    pub fn from_me_rows(&self) -> Result<Vec<(String, String)>, SimError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT guid, text, attributedBody FROM message WHERE is_from_me = 1
+                 ORDER BY ROWID",
+            )
+            .map_err(|e| self.write_err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, Option<Vec<u8>>>(2)?,
+                ))
+            })
+            .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+            .map_err(|e| self.write_err(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(guid, text, body)| {
+                // An undecodable body counts as a row with no text: it is
+                // still a row that went out.
+                let text =
+                    crate::chatdb::typedstream::message_text(body.as_deref(), text.as_deref())
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default();
+                (guid, text)
+            })
+            .collect())
+    }
+
     /// Messages reports a send failed after the fact: `error` set, `is_sent`
     /// cleared (the red exclamation mark on a bubble that went out).
     pub fn fail_later(&mut self, guid: &str, error: i64) -> Result<(), SimError> {

@@ -280,6 +280,36 @@ impl Store {
         Ok(out)
     }
 
+    /// Unacked events with seq > `after`, oldest first, at most `limit`, as
+    /// `(seq, frame text)` ready to send: the stored `data` goes out as it
+    /// was written, neither parsed nor serialized again (that was half of
+    /// the daemon's work while draining a backlog). Each frame gets a fresh
+    /// id and `ts`.
+    pub fn outbox_frames_after(
+        &self,
+        after: u64,
+        limit: usize,
+        ts: i64,
+    ) -> Result<Vec<(u64, String)>> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, type, data FROM outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let mut rows = stmt.query(params![after as i64, limit as i64])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let seq = row.get::<_, i64>(0)? as u64;
+            let ty = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+            let data = row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?;
+            let id = whatsnap_proto::new_frame_id();
+            out.push((
+                seq,
+                whatsnap_proto::Frame::durable_json(ty, &id, seq, ts, data),
+            ));
+        }
+        Ok(out)
+    }
+
     /// Number of events waiting for an ack.
     pub fn outbox_depth(&self) -> Result<u64> {
         let conn = self.lock();
@@ -456,16 +486,13 @@ fn frame_data(body: &Body) -> Value {
 }
 
 fn parse_body(ty: &str, data: &str) -> Result<Body> {
-    let text = format!(
-        r#"{{"v":1,"type":{},"id":"stored","ts":0,"data":{data}}}"#,
-        Value::from(ty)
-    );
-    whatsnap_proto::frame::decode(&text)
-        .map(|f| f.body)
-        .map_err(|e| StoreError::Corrupt {
-            kind: "outbox frame",
-            detail: e.to_string(),
-        })
+    let corrupt = |detail: String| StoreError::Corrupt {
+        kind: "outbox frame",
+        detail,
+    };
+    Body::from_data_json(ty, data)
+        .map_err(|e| corrupt(format!("{ty} frame has invalid data: {e}")))?
+        .ok_or_else(|| corrupt(format!("unknown frame type {ty:?}")))
 }
 
 #[cfg(test)]
@@ -520,6 +547,27 @@ pub(super) mod tests {
             .append_events(11, vec![("send:b".into(), Body::SendResult(result("b")))])
             .expect("append");
         assert_eq!(seqs, vec![2], "an acked seq is never reused");
+    }
+
+    #[test]
+    fn outbox_frames_are_sent_as_stored() {
+        let (_dir, store) = store();
+        store
+            .append_events(
+                1,
+                vec![
+                    ("send:a".into(), Body::SendResult(result("a"))),
+                    ("send:b".into(), Body::SendResult(result("b"))),
+                ],
+            )
+            .expect("append");
+        let entries = store.outbox_after(0, 10).expect("entries");
+        let frames = store.outbox_frames_after(1, 10, 77).expect("frames");
+        assert_eq!(frames.len(), 1, "only seqs after `after`");
+        let (seq, text) = &frames[0];
+        let frame = whatsnap_proto::frame::decode(text).expect("a valid frame");
+        assert_eq!((*seq, frame.seq, frame.ts), (2, Some(2), 77));
+        assert_eq!(frame.body, entries[1].body);
     }
 
     #[test]

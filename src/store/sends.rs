@@ -22,7 +22,9 @@ use serde::Serialize;
 use whatsnap_proto::frame::{Body, CmdSend, SendResult};
 
 use super::{Result, Store, StoreError, now_ms};
-use crate::send::record::{Attempt, DispatchCounts, QueueDepth, SendProgress, SendSource};
+use crate::send::record::{
+    Admitted, Attempt, DispatchCounts, QueueDepth, SendProgress, SendSource,
+};
 
 /// The `sends` table, created with the store.
 pub(super) const SCHEMA: &str = "
@@ -329,6 +331,77 @@ impl Store {
             ],
         )?;
         Ok(n == 1)
+    }
+
+    /// Accepts `cmd.send` number `seq` and begins its first attempt in one
+    /// transaction, so a send that can leave at once costs one durable
+    /// commit (one fsync) before osascript instead of two. Returns
+    /// [`Admitted::Wait`] without writing anything when the send cannot begin
+    /// at once (another service send is still unfinished and this one must
+    /// wait its turn, or the id is known already); the caller then accepts it
+    /// the ordinary way ([`Store::accept_command`]). A refused seq (a
+    /// duplicate or a gap) is answered as `accept_command` answers it, also
+    /// without writing.
+    ///
+    /// Why one commit keeps every guarantee of the two:
+    /// - The ack: the link acks only after this returns, and this returns
+    ///   after the commit, so an acked command is durable (as `dispatching`,
+    ///   which is more than `queued`). If the daemon dies before the commit,
+    ///   nothing of the command is stored and nothing was acked or
+    ///   dispatched: the service resends it and it starts afresh.
+    /// - Never two sends: osascript is spawned only after this commit, and
+    ///   the commit records the command already in `dispatching` with the
+    ///   `MAX(ROWID)` snapshot taken before it. A daemon killed at any
+    ///   instant after the commit finds `dispatching` and only correlates
+    ///   against that snapshot; a resent command hits the stored
+    ///   `client_msg_id` and is never dispatched again. There is no instant
+    ///   at which the command is durable but its dispatch is not recorded.
+    /// - Order: the check that no other service send is unfinished is made
+    ///   inside the same write transaction, so a send never overtakes one
+    ///   accepted before it.
+    /// - What the worker checks before `dispatching` (deadline, text, target,
+    ///   pacing, pause) it checks before calling this, on the command in hand.
+    pub fn accept_dispatching(
+        &self,
+        seq: u64,
+        cmd: &CmdSend,
+        attempt: &Attempt<'_>,
+        now_ms: i64,
+    ) -> Result<Admitted> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(refusal) = Self::check_command_seq(&tx, seq)? {
+            return Ok(Admitted::Refused(refusal));
+        }
+        let waits: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sends
+                WHERE client_msg_id = ?1 OR (phase != 'done' AND source = 'service'))",
+            [&cmd.client_msg_id],
+            |r| r.get(0),
+        )?;
+        if waits {
+            // Rolled back on drop: nothing was written, no fsync.
+            return Ok(Admitted::Wait);
+        }
+        tx.execute(
+            "INSERT INTO sends (client_msg_id, phase, cmd, created_ms, updated_ms,
+                 max_rowid_before, target_chat, target_handle, new_handle, progress,
+                 dispatched_ms)
+             VALUES (?1, 'dispatching', ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?3)",
+            params![
+                cmd.client_msg_id,
+                to_json(cmd),
+                now_ms,
+                attempt.max_rowid_before,
+                attempt.target_chat,
+                attempt.target_handle,
+                i64::from(attempt.new_handle),
+                to_json(attempt.progress),
+            ],
+        )?;
+        Self::set_meta(&tx, "commands_acked_upto", &seq.to_string())?;
+        tx.commit()?;
+        Ok(Admitted::Began)
     }
 
     /// Stores how far a send in `dispatching` got after a part finished and
@@ -782,6 +855,50 @@ mod tests {
             None,
             "written before we sent"
         );
+    }
+
+    #[test]
+    fn a_send_accepted_and_begun_at_once_is_one_commit_that_never_overtakes() {
+        let (_dir, store) = store();
+        store.adopt_commands_epoch("E").expect("epoch");
+        let progress = SendProgress::default();
+        let attempt = Attempt {
+            max_rowid_before: 7,
+            target_chat: Some("any;-;+15551234567"),
+            target_handle: Some("+15551234567"),
+            new_handle: false,
+            progress: &progress,
+        };
+        let admit = |seq: u64, id: &str| {
+            store
+                .accept_dispatching(seq, &cmd(id, "x"), &attempt, now_ms())
+                .expect("admit")
+        };
+        assert_eq!(admit(1, "a"), Admitted::Began);
+        let a = store.send_record("a").expect("read").expect("kept");
+        assert_eq!(
+            (a.phase, a.max_rowid_before),
+            (SendPhase::Dispatching, Some(7))
+        );
+        assert_eq!(
+            store.commands_position().expect("position").1,
+            1,
+            "acked with it"
+        );
+        // A seq already taken is refused as accept_command refuses it.
+        assert_eq!(
+            admit(1, "z"),
+            Admitted::Refused(super::super::Accepted::Duplicate)
+        );
+        assert_eq!(store.send_record("z").expect("read"), None);
+        // While `a` is unfinished, `b` must wait its turn: nothing written.
+        assert_eq!(admit(2, "b"), Admitted::Wait);
+        assert_eq!(store.send_record("b").expect("read"), None);
+        assert_eq!(store.commands_position().expect("position").1, 1);
+        store.finish_send(&result("a")).expect("finish");
+        // A known id is never begun again.
+        assert_eq!(admit(2, "a"), Admitted::Wait);
+        assert_eq!(admit(2, "b"), Admitted::Began);
     }
 
     #[test]
