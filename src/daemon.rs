@@ -19,7 +19,7 @@ use crate::config::{self, Paths};
 use crate::link::pair::{self, Credentials};
 use crate::link::rotate::Rotator;
 use crate::link::{Dial, Link, LinkState, tls};
-use crate::reader::{Reader, ReaderHealth};
+use crate::reader::{Reader, ReaderHealth, Tracker};
 use crate::send::runner::Runner;
 use crate::send::{SendSettings, Sender};
 use crate::store::Store;
@@ -142,6 +142,7 @@ pub fn start(
     let client = tls::http_client(paired.ca_file.as_deref(), None)?;
     let (token_tx, token_rx) = watch::channel(creds.device_token.clone());
     let store = Store::open(&paths.state_db())?;
+    let first_start = store.chatdb_cursor()?.is_none();
     let outbox = Arc::new(Notify::new());
     let send_wake = Arc::new(Notify::new());
     let (ticks_tx, ticks_rx) = watch::channel(0u64);
@@ -200,9 +201,20 @@ pub fn start(
         settings: settings_tx,
     };
     let token = shutdown.clone();
+    // On the very first start the reader sets its cursor at chat.db's
+    // newest row (history is not replayed). The link waits for that before
+    // it connects, so an account shown Active already relays every message
+    // that arrives from then on.
+    let (baselined_tx, baselined_rx) = tokio::sync::oneshot::channel::<()>();
     tracker.spawn(async move {
         // The watcher lives as long as the reader.
         let _watcher = watcher;
+        if first_start {
+            // A failure (no Full Disk Access yet) is reported and retried by
+            // `run`, which baselines once chat.db can be read.
+            let _ = reader.scan(&mut Tracker::default()).await;
+        }
+        drop(baselined_tx);
         reader.run(token).await;
     });
     tracker.spawn(sender.run(shutdown.clone()));
@@ -221,13 +233,18 @@ pub fn start(
             }
         }
     });
-    tracker.spawn(link.run_with(
+    let link = link.run_with(
         Dial {
             token: token_rx,
             client: client.clone(),
         },
         shutdown.clone(),
-    ));
+    );
+    tracker.spawn(async move {
+        // Bounded: a chat.db that hangs must not keep the account offline.
+        let _ = tokio::time::timeout(Duration::from_secs(10), baselined_rx).await;
+        link.await;
+    });
     // Tokens older than 30 days are rotated (checked now, then daily); the
     // link takes the new one at its next connection.
     tracker.spawn(

@@ -702,6 +702,9 @@ fn commit_batch(
             tracing::debug!(guid = %row.guid, kind = ?row.kind(), "row has no v1 event");
             continue;
         };
+        if let Body::EventGroup(event) = &mut body {
+            event.backfill = backfill;
+        }
         if let Body::EventMessage(event) = &mut body {
             event.backfill = backfill;
             last_ms = Some(event.date_ms);
@@ -721,6 +724,7 @@ fn commit_batch(
         let key = match &body {
             Body::EventMessage(e) => e.event_key.clone(),
             Body::EventReaction(e) => e.event_key.clone(),
+            Body::EventGroup(e) => e.event_key.clone(),
             _ => continue,
         };
         events.push((key, body));

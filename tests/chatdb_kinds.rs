@@ -7,7 +7,7 @@ use std::path::Path;
 use whatsnap_mac::chatdb::{ChatDb, MessageRow, RowKind, bulk};
 use whatsnap_mac::sim::kinds::{SimAttachment, SimChat, SimRow, TAPBACK_EMOJI, TAPBACK_LOVE};
 use whatsnap_mac::sim::{Release, Simulator};
-use whatsnap_proto::frame::{AttachmentState, Body, ChatKind, HandleKind};
+use whatsnap_proto::frame::{AttachmentState, Body, ChatKind, GroupAction, HandleKind};
 
 fn new_db(release: Release) -> (tempfile::TempDir, std::path::PathBuf, Simulator) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -126,6 +126,13 @@ fn every_kind_on(release: Release) {
     let added = sim
         .group_event(&group, None, 1, 0, Some("+15550004444"), None)
         .expect("added");
+    let left = sim
+        .group_event(&group, Some(ann), 3, 0, None, None)
+        .expect("left");
+    // Messages' record of a member's new number: "added" naming its sender.
+    let renumbered = sim
+        .group_event(&group, Some(ann), 1, 0, Some(ann), None)
+        .expect("renumbered");
 
     let rows = read_all(&path);
     let tag = release.name();
@@ -244,12 +251,29 @@ fn every_kind_on(release: Release) {
     let rn = row(&rows, &renamed.guid);
     assert_eq!(rn.kind(), RowKind::GroupEvent);
     assert_eq!(rn.group_title.as_deref(), Some("New name"));
-    assert!(
-        rn.to_body(None).is_none(),
-        "no v1 frame for group events yet"
-    );
+    let group_event = |guid: &str| match row(&rows, guid).to_body(None) {
+        Some(Body::EventGroup(e)) => e,
+        other => panic!("{tag}: {other:?}"),
+    };
+    let g = group_event(&renamed.guid);
+    assert_eq!(g.action, GroupAction::Renamed, "{tag}");
+    assert_eq!(g.name.as_deref(), Some("New name"));
+    assert_eq!(g.actor.map(|a| a.handle).as_deref(), Some(ann));
+    assert_eq!(g.event_key, format!("group:{}", renamed.guid));
+    assert!(g.chat_guid.contains(";+;"), "{tag}: {}", g.chat_guid);
     let ad = row(&rows, &added.guid);
     assert_eq!(ad.other_handle.as_deref(), Some("+15550004444"));
+    let g = group_event(&added.guid);
+    assert_eq!(g.action, GroupAction::MemberAdded, "{tag}");
+    assert_eq!(g.member.map(|m| m.handle).as_deref(), Some("+15550004444"));
+    assert!(g.actor.is_none(), "{tag}: added by the Mac's user");
+    let g = group_event(&left.guid);
+    assert_eq!(g.action, GroupAction::MemberLeft, "{tag}");
+    assert_eq!(g.actor.map(|a| a.handle).as_deref(), Some(ann));
+    assert!(
+        row(&rows, &renumbered.guid).to_body(None).is_none(),
+        "{tag}: a new phone number is not a new member"
+    );
     // The rename reached the chat: later rows carry the new name.
     let later = sim
         .write(&SimRow::from_me(group, "after"))

@@ -142,6 +142,8 @@ bodies! {
     EventMessageUpdate(EventMessageUpdate) = "event.message_update", EVENTS;
     /// A tapback added or removed.
     EventReaction(EventReaction) = "event.reaction", EVENTS;
+    /// A group chat changed: renamed, a member added, removed or gone, its photo.
+    EventGroup(EventGroup) = "event.group", EVENTS;
     /// The outcome of a `cmd.send`.
     SendResult(SendResult) = "send.result", EVENTS;
     /// End of a backfill page.
@@ -1048,6 +1050,51 @@ pub struct EventReaction {
     /// Who reacted (absent when from me).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender: Option<Handle>,
+}
+
+/// `event.group`: a change to a group chat, from a Messages system row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventGroup {
+    /// `group:<guid>`.
+    pub event_key: String,
+    /// The system row's GUID.
+    pub guid: String,
+    /// The group's exact `chat.guid`.
+    pub chat_guid: String,
+    /// What happened.
+    pub action: GroupAction,
+    /// Who did it; absent when it was the Mac's user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<Handle>,
+    /// The member added or removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<Handle>,
+    /// The new name, for `renamed` (`""`: the name was removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// When it happened.
+    pub date_ms: i64,
+    /// Old history, not a live change.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub backfill: bool,
+}
+
+/// What changed in a group chat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupAction {
+    /// The group got a new name (or lost it).
+    Renamed,
+    /// `member` was added by `actor`.
+    MemberAdded,
+    /// `member` was removed by `actor`.
+    MemberRemoved,
+    /// `actor` left the group.
+    MemberLeft,
+    /// The group photo was set or changed.
+    PhotoChanged,
+    /// The group photo was removed.
+    PhotoRemoved,
 }
 
 /// Final state of a `cmd.send`.

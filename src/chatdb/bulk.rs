@@ -244,6 +244,7 @@ pub fn write_event_line(line: &mut Vec<u8>, body: &Body) -> serde_json::Result<(
         Body::EventMessage(d) => serde_json::to_writer(&mut *line, d),
         Body::EventReaction(d) => serde_json::to_writer(&mut *line, d),
         Body::EventMessageUpdate(d) => serde_json::to_writer(&mut *line, d),
+        Body::EventGroup(d) => serde_json::to_writer(&mut *line, d),
         other => serde_json::to_writer(
             &mut *line,
             &serde_json::json!({ "unexpected": other.type_name() }),

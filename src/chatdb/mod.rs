@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use whatsnap_proto::frame::{
-    Attachment, AttachmentState, Body, ChatKind, EventMessage, EventReaction, Handle, HandleKind,
-    Origin,
+    Attachment, AttachmentState, Body, ChatKind, EventGroup, EventMessage, EventReaction,
+    GroupAction, Handle, HandleKind, Origin,
 };
 
 use crate::apple_time;
@@ -349,8 +349,7 @@ impl ChatDb {
     /// [`Lookups`], once per read rather than once per row.
     ///
     /// `lean` leaves out (as NULL) what no event carries, only the update
-    /// tracker: status columns, `message_summary_info`, group-event and
-    /// balloon columns. The bulk read ([`Self::bodies_between`]) uses it.
+    /// tracker: status columns, `message_summary_info` and balloon columns. The bulk read ([`Self::bodies_between`]) uses it.
     fn build_select_list(&self, lean: bool) -> String {
         let status = |c: &str, fallback: &str| {
             if lean {
@@ -384,9 +383,10 @@ impl ChatDb {
             self.col_or("associated_message_type", "0"),
             self.col_or("associated_message_emoji", "NULL"),
             self.col_or("item_type", "0"),
-            status("group_action_type", "0"),
-            status("group_title", "NULL"),
-            status("other_handle", "0"),
+            // Group events are events too (`event.group`): read even when lean.
+            self.col_or("group_action_type", "0"),
+            self.col_or("group_title", "NULL"),
+            self.col_or("other_handle", "0"),
             status("balloon_bundle_id", "NULL"),
             status("is_audio_message", "0"),
             status("is_delivered", "0"),
@@ -638,13 +638,7 @@ impl ChatDb {
             None => None,
         };
         let sender = lookups.handle(self, int(col::HANDLE)?)?;
-        // Lean reads skip what only the update tracker looks at (the
-        // columns are NULL in the lean SELECT anyway).
-        let other_handle = if lean {
-            None
-        } else {
-            lookups.handle(self, int(col::OTHER_HANDLE)?)?
-        };
+        let other_handle = lookups.handle(self, int(col::OTHER_HANDLE)?)?;
         let status = if lean {
             RowStatus {
                 pending_attachments: attachments.iter().filter(|a| !a.on_disk).count(),
@@ -682,8 +676,8 @@ impl ChatDb {
             associated_type: int(col::ASSOCIATED_TYPE)?,
             associated_emoji: r.get(col::ASSOCIATED_EMOJI)?,
             item_type: int(col::ITEM_TYPE)?,
-            group_action_type: if lean { 0 } else { int(col::GROUP_ACTION)? },
-            group_title: if lean { None } else { r.get(col::GROUP_TITLE)? },
+            group_action_type: int(col::GROUP_ACTION)?,
+            group_title: r.get(col::GROUP_TITLE)?,
             other_handle,
             balloon_bundle_id: if lean { None } else { r.get(col::BALLOON)? },
             is_audio: !lean && flag(col::IS_AUDIO)?,
@@ -1445,14 +1439,56 @@ impl MessageRow {
 
     /// The protocol event this row becomes, if the protocol has one:
     /// `event.message` for messages (app balloons and audio included),
-    /// `event.reaction` for tapbacks. Group events, poll votes and other
-    /// system rows have no v1 frame yet and give `None`.
+    /// `event.reaction` for tapbacks, `event.group` for group changes. Poll
+    /// votes and other system rows have no v1 frame yet and give `None`.
     pub fn to_body(&self, origin: Option<String>) -> Option<Body> {
         match self.kind() {
             RowKind::Message => Some(Body::EventMessage(self.to_event(origin))),
             RowKind::Reaction => self.to_reaction().map(Body::EventReaction),
-            RowKind::GroupEvent | RowKind::PollVote | RowKind::Other => None,
+            RowKind::GroupEvent => self.to_group_event().map(Body::EventGroup),
+            RowKind::PollVote | RowKind::Other => None,
         }
+    }
+
+    /// The `event.group` of a group-change row (`item_type` 1–3, reference
+    /// chatdb.md §14.3); `None` for a row not joined to a chat yet, for the
+    /// kinds the protocol does not name (chat backgrounds), and for an
+    /// "added" row naming the sender itself, which is Messages recording a
+    /// member's new phone number rather than a new member.
+    pub fn to_group_event(&self) -> Option<EventGroup> {
+        let chat_guid = self.chat_guid.clone()?;
+        let member = self.other_handle.as_deref().map(normalize_handle);
+        let (action, member, name) = match (self.item_type, self.group_action_type) {
+            (1, 0) if self.other_handle.is_some() && self.other_handle == self.sender => {
+                return None;
+            }
+            (1, 0) => (GroupAction::MemberAdded, Some(member?), None),
+            (1, 1) => (GroupAction::MemberRemoved, Some(member?), None),
+            (2, _) => (
+                GroupAction::Renamed,
+                None,
+                Some(self.group_title.clone().unwrap_or_default()),
+            ),
+            (3, 0) => (GroupAction::MemberLeft, None, None),
+            (3, 1) => (GroupAction::PhotoChanged, None, None),
+            (3, 2) => (GroupAction::PhotoRemoved, None, None),
+            _ => return None,
+        };
+        Some(EventGroup {
+            event_key: format!("group:{}", self.guid),
+            guid: self.guid.clone(),
+            chat_guid,
+            action,
+            actor: if self.from_me {
+                None
+            } else {
+                self.sender.as_deref().map(normalize_handle)
+            },
+            member,
+            name,
+            date_ms: apple_time::apple_to_unix_ms(self.date).unwrap_or(0),
+            backfill: false,
+        })
     }
 
     /// The `event.reaction` of a tapback row.
