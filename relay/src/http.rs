@@ -547,14 +547,7 @@ fn device_by_any_token(
              FROM previous_device_tokens p JOIN devices d ON d.id = p.device_id
              WHERE p.token_hash = ?1 AND p.valid_until_ms > ?2",
             params![token_hash, now],
-            |r| {
-                Ok(store::DeviceAuth {
-                    id: r.get(0)?,
-                    account_id: r.get(1)?,
-                    revoked: r.get::<_, Option<i64>>(2)?.is_some(),
-                    replaced: r.get::<_, Option<i64>>(3)?.is_some(),
-                })
-            },
+            store::DeviceAuth::from_row,
         )
         .optional()?;
     Ok(device)

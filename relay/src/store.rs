@@ -693,20 +693,25 @@ pub struct DeviceAuth {
     pub replaced: bool,
 }
 
+impl DeviceAuth {
+    /// From a row of `id, account_id, revoked_ms, replaced_ms` of `devices`.
+    pub fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceAuth> {
+        Ok(DeviceAuth {
+            id: r.get(0)?,
+            account_id: r.get(1)?,
+            revoked: r.get::<_, Option<i64>>(2)?.is_some(),
+            replaced: r.get::<_, Option<i64>>(3)?.is_some(),
+        })
+    }
+}
+
 /// The device whose token hashes to `token_hash`.
 pub fn device_by_token(conn: &Connection, token_hash: &str) -> Result<Option<DeviceAuth>> {
     let device = conn
         .query_row(
             "SELECT id, account_id, revoked_ms, replaced_ms FROM devices WHERE token_hash = ?1",
             [token_hash],
-            |r| {
-                Ok(DeviceAuth {
-                    id: r.get(0)?,
-                    account_id: r.get(1)?,
-                    revoked: r.get::<_, Option<i64>>(2)?.is_some(),
-                    replaced: r.get::<_, Option<i64>>(3)?.is_some(),
-                })
-            },
+            DeviceAuth::from_row,
         )
         .optional()?;
     Ok(device)

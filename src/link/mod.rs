@@ -1049,6 +1049,7 @@ fn closed(frame: Option<CloseFrame>) -> SessionEnd {
     }
 }
 
+/// `Retry-After` in seconds (the only form the service sends).
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)?

@@ -161,23 +161,8 @@ pub async fn pair(
                 server: server.to_owned(),
                 detail: super::tls::error_chain(&e.without_url()),
             })?;
-    let status = response.status();
-    if !status.is_success() {
-        let retry_after = retry_after(response.headers());
-        let message = match response.json::<ApiError>().await {
-            Ok(api) => api.error.message,
-            Err(_) => format!("HTTP {status}"),
-        };
-        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-            return Err(PairError::RateLimited {
-                message,
-                retry_after,
-            });
-        }
-        return Err(PairError::Refused {
-            status: status.as_u16(),
-            message,
-        });
+    if !response.status().is_success() {
+        return Err(refusal(response).await);
     }
     let answer: PairResponse = response.json().await.map_err(|e| PairError::Unreachable {
         server: server.to_owned(),
@@ -195,16 +180,48 @@ pub async fn pair(
     })
 }
 
-/// `Retry-After` in seconds (the only form the service sends).
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+/// Sends a request authenticated by this device's token to `path` of its
+/// service; a transport failure becomes [`PairError::Unreachable`].
+pub(super) async fn device_request(
+    client: &reqwest::Client,
+    creds: &Credentials,
+    method: reqwest::Method,
+    path: &str,
+    timeout: Option<Duration>,
+) -> Result<reqwest::Response, PairError> {
+    let base = check_server_url(&creds.server)?;
+    let url = format!("{}{path}", base.as_str().trim_end_matches('/'));
+    let mut request = client
+        .request(method, &url)
+        .bearer_auth(&creds.device_token);
+    if let Some(limit) = timeout {
+        request = request.timeout(limit);
+    }
+    request.send().await.map_err(|e| PairError::Unreachable {
+        server: creds.server.clone(),
+        detail: super::tls::error_chain(&e.without_url()),
+    })
+}
+
+/// The error for a service's non-success answer: its `ApiError` message,
+/// and for a 429 when to try again.
+pub(super) async fn refusal(response: reqwest::Response) -> PairError {
+    let status = response.status();
+    let retry_after = super::retry_after(response.headers());
+    let message = match response.json::<ApiError>().await {
+        Ok(api) => api.error.message,
+        Err(_) => format!("HTTP {status}"),
+    };
+    if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+        return PairError::RateLimited {
+            message,
+            retry_after,
+        };
+    }
+    PairError::Refused {
+        status: status.as_u16(),
+        message,
+    }
 }
 
 /// "; try `whatsnap-mac pair` again in 9 min" for a 429's `Retry-After`.
@@ -227,27 +244,9 @@ pub async fn device_view(
     client: &reqwest::Client,
     creds: &Credentials,
 ) -> Result<DeviceView, PairError> {
-    let base = check_server_url(&creds.server)?;
-    let url = format!("{}/v1/device", base.as_str().trim_end_matches('/'));
-    let response = client
-        .get(&url)
-        .bearer_auth(&creds.device_token)
-        .send()
-        .await
-        .map_err(|e| PairError::Unreachable {
-            server: creds.server.clone(),
-            detail: super::tls::error_chain(&e.without_url()),
-        })?;
-    let status = response.status();
-    if !status.is_success() {
-        let message = match response.json::<ApiError>().await {
-            Ok(api) => api.error.message,
-            Err(_) => format!("HTTP {status}"),
-        };
-        return Err(PairError::Refused {
-            status: status.as_u16(),
-            message,
-        });
+    let response = device_request(client, creds, reqwest::Method::GET, "/v1/device", None).await?;
+    if !response.status().is_success() {
+        return Err(refusal(response).await);
     }
     response.json().await.map_err(|e| PairError::Unreachable {
         server: creds.server.clone(),
@@ -261,29 +260,13 @@ pub async fn device_view(
 /// Revokes this device at the service (`DELETE /v1/device`). A token the
 /// service no longer knows (401) counts as done: the device is gone either way.
 pub async fn unpair(client: &reqwest::Client, creds: &Credentials) -> Result<(), PairError> {
-    let base = check_server_url(&creds.server)?;
-    let url = format!("{}/v1/device", base.as_str().trim_end_matches('/'));
-    let response = client
-        .delete(&url)
-        .bearer_auth(&creds.device_token)
-        .send()
-        .await
-        .map_err(|e| PairError::Unreachable {
-            server: creds.server.clone(),
-            detail: super::tls::error_chain(&e.without_url()),
-        })?;
+    let response =
+        device_request(client, creds, reqwest::Method::DELETE, "/v1/device", None).await?;
     let status = response.status();
     if status.is_success() || status.as_u16() == 401 {
         return Ok(());
     }
-    let message = match response.json::<ApiError>().await {
-        Ok(api) => api.error.message,
-        Err(_) => format!("HTTP {status}"),
-    };
-    Err(PairError::Refused {
-        status: status.as_u16(),
-        message,
-    })
+    Err(refusal(response).await)
 }
 
 /// Where the device token is kept. Chosen when a token is stored

@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use whatsnap_proto::api::{ApiError, RotateTokenResponse};
+use whatsnap_proto::api::RotateTokenResponse;
 
 use super::pair::{self, CredentialStore, Credentials, PairError};
-use super::tls;
 
 /// A token older than this is rotated.
 pub const ROTATE_AFTER: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -41,31 +40,16 @@ pub async fn request_new_token(
     client: &reqwest::Client,
     creds: &Credentials,
 ) -> Result<RotateTokenResponse, PairError> {
-    let base = pair::check_server_url(&creds.server)?;
-    let url = format!(
-        "{}/v1/device/token/rotate",
-        base.as_str().trim_end_matches('/')
-    );
-    let response = client
-        .post(&url)
-        .bearer_auth(&creds.device_token)
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(|e| PairError::Unreachable {
-            server: creds.server.clone(),
-            detail: tls::error_chain(&e.without_url()),
-        })?;
-    let status = response.status();
-    if !status.is_success() {
-        let message = match response.json::<ApiError>().await {
-            Ok(api) => api.error.message,
-            Err(_) => format!("HTTP {status}"),
-        };
-        return Err(PairError::Refused {
-            status: status.as_u16(),
-            message,
-        });
+    let response = pair::device_request(
+        client,
+        creds,
+        reqwest::Method::POST,
+        "/v1/device/token/rotate",
+        Some(Duration::from_secs(30)),
+    )
+    .await?;
+    if !response.status().is_success() {
+        return Err(pair::refusal(response).await);
     }
     response.json().await.map_err(|e| PairError::Unreachable {
         server: creds.server.clone(),
