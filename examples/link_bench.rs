@@ -12,19 +12,19 @@
 //! binaries of the same profile first:
 //! `cargo build --release -p whatsnap-mac`.
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use tokio_util::sync::CancellationToken;
-use whatsnap_mac::link::pair;
-use whatsnap_mac::sim::Simulator;
 use whatsnap_mac::store::Store;
 use whatsnap_proto::frame::{Body, ChatKind, EventMessage, Handle, HandleKind};
-use whatsnap_relay::RelayConfig;
-use whatsnap_relay::client::AdminClient;
+
+#[path = "support/procfs.rs"]
+mod procfs;
+#[path = "support/stand.rs"]
+mod stand;
+use procfs::{cpu_seconds, load_average};
+use stand::Stand;
 
 /// Link throughput and backlog drain.
 #[derive(Parser)]
@@ -81,16 +81,6 @@ fn event(n: usize) -> (String, Body) {
 
 /// CPU time (user + system) of process `pid` (`"self"` for this one), from
 /// `/proc/<pid>/stat`, in seconds (Linux clock ticks of 1/100 s).
-fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which may contain spaces: state is
-    // field 3, utime 14 and stime 15.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
 /// The service's committed mark for the (only) device, read from its
 /// database the way any other reader would (WAL allows it alongside).
 fn committed(conn: &rusqlite::Connection) -> anyhow::Result<usize> {
@@ -102,57 +92,10 @@ fn committed(conn: &rusqlite::Connection) -> anyhow::Result<usize> {
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 async fn run(total: usize) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("own path")?;
-    let mac_exe = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("examples folder")?
-        .join("whatsnap-mac");
-    anyhow::ensure!(
-        mac_exe.exists(),
-        "{} is missing; build it first: cargo build --release -p whatsnap-mac",
-        mac_exe.display()
-    );
     let dir = tempfile::tempdir().context("tempdir")?;
-    let shutdown = CancellationToken::new();
-    let relay = whatsnap_relay::start(
-        RelayConfig {
-            db_path: dir.path().join("relay.db"),
-            listen: ([127, 0, 0, 1], 0).into(),
-            admin_token: "bench".into(),
-            public_url: None,
-        },
-        shutdown.clone(),
-    )
-    .await?;
-    let admin = AdminClient::new(&relay.base_url(), Some("bench".into()));
-    let created = admin.create_account("Bench").await?;
-    let creds = pair::pair(
-        &reqwest::Client::new(),
-        &relay.base_url(),
-        &created.pairing.code,
-        pair::device_info(),
-    )
-    .await?;
-    let home = dir.path().join("home");
-    std::fs::create_dir_all(&home)?;
-    pair::save(&home.join("credentials.json"), &creds)?;
-    let messages = dir.path().join("Messages");
-    std::fs::create_dir_all(&messages)?;
-    let chat_db = messages.join("chat.db");
-    Simulator::create(&chat_db)?;
+    let stand = Stand::start(dir.path(), None).await?;
+    let home = stand.home.clone();
 
     // The backlog, written as the reader would have (cursor set so the
     // reader has nothing of its own to add).
@@ -175,20 +118,7 @@ async fn run(total: usize) -> anyhow::Result<()> {
     .context("open the service database to watch it")?;
     let own_cpu_before = cpu_seconds("self").unwrap_or(0.0);
     let started = Instant::now();
-    let mut child = tokio::process::Command::new(&mac_exe)
-        .arg("run")
-        .arg("--home")
-        .arg(&home)
-        .arg("--chat-db")
-        .arg(&chat_db)
-        .arg("--osascript")
-        .arg("/bin/false")
-        .env("WHATSNAP_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("start the daemon")?;
+    let mut child = stand.daemon()?;
     let pid = child.id().context("daemon pid")?;
     // Done when the service has committed every event: its high-water
     // mark, not the bus (a slow bus reader may lag behind; the mark cannot).
@@ -203,7 +133,7 @@ async fn run(total: usize) -> anyhow::Result<()> {
         if done > 0 {
             first.get_or_insert_with(Instant::now);
         }
-        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        peak = peak.max(procfs::status_kib(pid, "VmHWM").unwrap_or(0));
         daemon_cpu = cpu_seconds(&pid.to_string()).unwrap_or(daemon_cpu);
         if done >= total {
             break;
@@ -215,11 +145,10 @@ async fn run(total: usize) -> anyhow::Result<()> {
     }
     let drained = started.elapsed();
     let streaming = first.map_or(drained, |f| f.elapsed());
-    peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+    peak = peak.max(procfs::status_kib(pid, "VmHWM").unwrap_or(0));
     let service_cpu = cpu_seconds("self").unwrap_or(0.0) - own_cpu_before;
     let _ = child.kill().await;
-    shutdown.cancel();
-    relay.wait().await;
+    stand.stop().await;
     println!(
         "link_bench: {total} durable events drained in {:.2} s from daemon start \
          ({:.0} events/s while streaming, {:.0} events/s overall); daemon peak RSS {:.1} MiB; \
@@ -230,10 +159,7 @@ async fn run(total: usize) -> anyhow::Result<()> {
         peak as f64 / 1024.0,
         service_cpu * 1e6 / total as f64,
         daemon_cpu * 1e6 / total as f64,
-        std::fs::read_to_string("/proc/loadavg")
-            .ok()
-            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-            .unwrap_or_else(|| "?".into()),
+        load_average(),
     );
     Ok(())
 }

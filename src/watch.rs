@@ -17,9 +17,13 @@
 //! and then hear nothing more until the safety poll, seconds later. So each
 //! file event is followed by a few settle ticks ([`SETTLE`], ~130 ms in
 //! all, restarted by every new event); each costs the reader one cheap
-//! `data_version` probe. An idle folder gets none.
+//! `data_version` probe. An idle folder gets none. The first ticks come a
+//! quarter of a millisecond apart, finer than tokio's 1 ms timer wheel
+//! (where a 1 ms sleep takes 1–2 ms), so they are timed by a small thread
+//! of their own.
 
 use std::path::Path;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -30,15 +34,19 @@ use tokio_util::sync::CancellationToken;
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Delays of the ticks that follow a file event, each after the previous
-/// one: every millisecond while a commit is most likely becoming visible
-/// (a sync takes ~0.1–5 ms), then backing off.
-pub const SETTLE: [Duration; 10] = {
-    const MS: Duration = Duration::from_millis(1);
+/// one: every quarter millisecond while a commit is most likely becoming
+/// visible (a sync takes ~0.1–5 ms), then backing off.
+pub const SETTLE: [Duration; 13] = {
+    const QUARTER: Duration = Duration::from_micros(250);
+    const HALF: Duration = Duration::from_micros(500);
     [
-        MS,
-        MS,
-        MS,
-        MS,
+        QUARTER,
+        QUARTER,
+        QUARTER,
+        QUARTER,
+        HALF,
+        HALF,
+        Duration::from_millis(1),
         Duration::from_millis(2),
         Duration::from_millis(4),
         Duration::from_millis(8),
@@ -68,7 +76,7 @@ pub fn spawn(
     let event_ticks = ticks.clone();
     // File events wake the reader at once (on notify's thread) and start or
     // restart the settle ticks.
-    let (settle_tx, settle_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (settle_tx, settle_rx) = std::sync::mpsc::channel::<()>();
     let event_settle = settle_tx.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
@@ -167,7 +175,15 @@ pub fn spawn(
         }
     });
     drop(rearm_tx);
-    tokio::spawn(settle(settle_rx, ticks.clone(), shutdown.clone()));
+    let settle_ticks = ticks.clone();
+    let settle_shutdown = shutdown.clone();
+    // It ends when the watchers (the senders) are dropped, at shutdown.
+    if let Err(e) = std::thread::Builder::new()
+        .name("whatsnap-settle".into())
+        .spawn(move || settle(&settle_rx, &settle_ticks, &settle_shutdown))
+    {
+        tracing::warn!("no settle ticks ({e}); a commit may wait for the safety poll");
+    }
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(poll);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -181,33 +197,55 @@ pub fn spawn(
     watcher
 }
 
+/// When the settle ticks are due: a pure schedule, so its timing is tested
+/// without a clock.
+#[derive(Debug, Default)]
+struct Schedule {
+    /// The next [`SETTLE`] step; `None` when idle.
+    step: Option<usize>,
+}
+
+impl Schedule {
+    /// A file event (or a burst of them): start over.
+    fn event(&mut self) {
+        self.step = Some(0);
+    }
+
+    /// How long to wait for another event before ticking; `None`: until
+    /// the next event, however long.
+    fn wait(&self) -> Option<Duration> {
+        self.step.map(|s| SETTLE[s])
+    }
+
+    /// The wait ran out with no event: tick, and move to the next step.
+    fn elapsed(&mut self) {
+        self.step = self.step.map(|s| s + 1).filter(|&s| s < SETTLE.len());
+    }
+}
+
 /// Sends the [`SETTLE`] ticks after each file event, starting over when
-/// another event arrives before they are done.
-async fn settle(
-    mut events: tokio::sync::mpsc::UnboundedReceiver<()>,
-    ticks: watch::Sender<u64>,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            got = events.recv() => if got.is_none() { return },
-        }
-        let mut step = 0;
-        while step < SETTLE.len() {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                got = events.recv() => {
-                    if got.is_none() { return }
-                    // A burst: drain it and start over from its last event.
-                    while events.try_recv().is_ok() {}
-                    step = 0;
-                }
-                () = tokio::time::sleep(SETTLE[step]) => {
-                    ticks.send_modify(|t| *t = t.wrapping_add(1));
-                    step += 1;
-                }
+/// another event arrives before they are done, until every sender is gone
+/// or `shutdown`.
+fn settle(events: &mpsc::Receiver<()>, ticks: &watch::Sender<u64>, shutdown: &CancellationToken) {
+    let mut schedule = Schedule::default();
+    while !shutdown.is_cancelled() {
+        let got = match schedule.wait() {
+            None => events
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(wait) => events.recv_timeout(wait),
+        };
+        match got {
+            Ok(()) => {
+                // A burst: drain it and start over from its last event.
+                while events.try_recv().is_ok() {}
+                schedule.event();
             }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                ticks.send_modify(|t| *t = t.wrapping_add(1));
+                schedule.elapsed();
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
     }
 }
@@ -217,24 +255,54 @@ mod tests {
     use super::*;
 
     /// A commit becomes visible after its last file event; the reader must
-    /// hear about it within a millisecond or two, not at the next poll.
-    #[tokio::test(start_paused = true)]
-    async fn a_file_event_is_followed_by_settle_ticks_then_silence() {
-        let (events, rx) = tokio::sync::mpsc::unbounded_channel();
-        let (ticks, ticks_rx) = watch::channel(0u64);
+    /// hear about it within a fraction of a millisecond, not at the next
+    /// poll, and an idle folder must cost nothing.
+    #[test]
+    fn a_file_event_is_followed_by_settle_ticks_then_silence() {
+        let mut s = Schedule::default();
+        assert_eq!(s.wait(), None, "idle: no tick until an event");
+        s.event();
+        assert_eq!(s.wait(), Some(Duration::from_micros(250)));
+        let mut waited = Vec::new();
+        while let Some(w) = s.wait() {
+            waited.push(w);
+            s.elapsed();
+        }
+        assert_eq!(waited, SETTLE, "one tick per step, in order");
+        assert_eq!(s.wait(), None, "then silence");
+        let total: Duration = waited.iter().sum();
+        assert!(total < Duration::from_millis(200), "settled in {total:?}");
+        // A new event in the middle starts over.
+        s.event();
+        s.elapsed();
+        s.elapsed();
+        s.event();
+        assert_eq!(s.wait(), Some(SETTLE[0]));
+    }
+
+    /// The thread ticks once per step after an event, and ends when the
+    /// watchers (its senders) are dropped.
+    #[test]
+    fn the_settle_thread_ticks_every_step_then_ends_with_its_senders() {
+        let (events, rx) = mpsc::channel();
+        let (ticks, mut ticks_rx) = watch::channel(0u64);
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(settle(rx, ticks, shutdown.clone()));
+        let thread = std::thread::spawn(move || settle(&rx, &ticks, &shutdown));
         events.send(()).expect("send");
-        tokio::time::sleep(Duration::from_micros(1500)).await;
-        assert_eq!(*ticks_rx.borrow(), 1, "one tick a millisecond after");
-        let all: Duration = SETTLE.iter().sum();
-        tokio::time::sleep(all + POLL_INTERVAL).await;
-        assert_eq!(*ticks_rx.borrow(), SETTLE.len() as u64, "then silence");
-        // A new event starts the ticks over.
-        events.send(()).expect("send");
-        tokio::time::sleep(all + POLL_INTERVAL).await;
-        assert_eq!(*ticks_rx.borrow(), 2 * SETTLE.len() as u64);
-        shutdown.cancel();
-        task.await.expect("settle task");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            while *ticks_rx.borrow_and_update() < SETTLE.len() as u64 {
+                ticks_rx.changed().await.expect("ticks");
+            }
+        });
+        drop(events);
+        thread.join().expect("settle thread");
+        assert_eq!(
+            *ticks_rx.borrow(),
+            SETTLE.len() as u64,
+            "no tick after the last step"
+        );
     }
 }
