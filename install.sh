@@ -58,8 +58,9 @@ if [ -z "$binary" ]; then
     echo "install.sh: cargo not found; install Rust from https://rustup.rs or pass --binary" >&2
     exit 2
   }
-  cargo build --release --locked
-  binary="target/release/whatsnap-mac"
+  # The shipping profile (Cargo.toml): whole-program optimised, a few minutes.
+  cargo build --profile dist --locked
+  binary="target/dist/whatsnap-mac"
 fi
 
 [ -x "$binary" ] || { echo "install.sh: $binary is not an executable" >&2; exit 2; }

@@ -22,7 +22,7 @@ class WhatsnapMac < Formula
   depends_on :macos
 
   def install
-    system "cargo", "install", "--locked", *std_cargo_args
+    system "cargo", "install", "--locked", "--profile", "dist", *std_cargo_args
     generate_completions_from_executable(bin/"whatsnap-mac", "completions")
     (man1/"whatsnap-mac.1").write Utils.safe_popen_read(bin/"whatsnap-mac", "man")
   end
