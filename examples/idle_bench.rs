@@ -56,6 +56,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for i in 0..args.history {
         sim.receive(&format!("+1555{:07}", i % 300), &format!("history {i}"))?;
     }
+    // Messages checkpoints now and then; without it the WAL (and the shared
+    // memory index every reader maps) would hold the whole history.
+    sim.checkpoint()?;
     drop(sim);
     let mut child = stand.daemon()?;
     let pid = child.id().context("daemon pid")?;

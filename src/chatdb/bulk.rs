@@ -10,13 +10,17 @@
 //! cost CPU per row, none of it shared, so this is how a 2-core Mac (or
 //! this project's 2-core benchmark VM) gets both cores working. Rows committed after the read
 //! started are picked up by a final sequential pass.
+//!
+//! Plain messages, nearly all rows, go straight from the SQLite row to their
+//! JSON line ([`super::plain`]); every other row takes the general path
+//! (`MessageRow`, protocol event, serde), and tests hold the two equal.
 
 use std::path::Path;
 use std::sync::{Mutex, mpsc};
 
 use whatsnap_proto::frame::Body;
 
-use super::{ChatDb, ChatDbError, Lookups};
+use super::{ChatDb, ChatDbError, Lookups, plain};
 
 /// ROWIDs per chunk: large enough that a chunk's query and its lookups are
 /// noise, small enough that a read transaction lasts a few milliseconds.
@@ -199,19 +203,52 @@ fn chunk_json(
     lo: i64,
     hi: i64,
     lookups: &mut Lookups,
-    mut json: Vec<u8>,
+    json: Vec<u8>,
 ) -> Result<Chunk, BulkError> {
-    let mut events = 0;
-    let mut encode = Ok(());
-    let rows = db.bodies_between(lo, hi, lookups, |body| {
-        if encode.is_ok() {
-            encode = write_event_line(&mut json, &body);
+    chunk_json_with(db, lo, hi, lookups, json, true).map(|(chunk, _)| chunk)
+}
+
+/// [`chunk_json`], with plain messages written by [`plain::write_line`]
+/// when `fast` (else every row takes the general path, for tests that hold
+/// the two equal); also returns how many rows took the fast path.
+fn chunk_json_with(
+    db: &ChatDb,
+    lo: i64,
+    hi: i64,
+    lookups: &mut Lookups,
+    mut json: Vec<u8>,
+    fast: bool,
+) -> Result<(Chunk, u64), BulkError> {
+    let (mut rows, mut events, mut plain_rows) = (0, 0, 0);
+    if !db.joins_indexed {
+        // Without the index the rows come from one joined query, already
+        // decoded; no fast path there (old or odd databases only).
+        let mut encode = Ok(());
+        rows = db.bodies_between(lo, hi, lookups, |body| {
+            if encode.is_ok() {
+                encode = write_event_line(&mut json, &body);
+                events += 1;
+            }
+            Ok(())
+        })?;
+        encode?;
+        return Ok((Chunk { json, rows, events }, 0));
+    }
+    db.scan_range(lo, hi, None, true, |r, chat| -> Result<(), BulkError> {
+        rows += 1;
+        if fast && plain::write_line(db, r, chat, lookups, &mut json)? {
+            events += 1;
+            plain_rows += 1;
+            return Ok(());
+        }
+        let (row, chat) = db.read_row(r, chat, true, lookups).map_err(|e| db.err(e))?;
+        if let Some(body) = row.into_body_in(chat.as_deref()) {
+            write_event_line(&mut json, &body)?;
             events += 1;
         }
         Ok(())
     })?;
-    encode?;
-    Ok(Chunk { json, rows, events })
+    Ok((Chunk { json, rows, events }, plain_rows))
 }
 
 fn to_json(rows: Vec<super::MessageRow>) -> Result<Chunk, BulkError> {
@@ -259,4 +296,149 @@ pub fn write_event_line(line: &mut Vec<u8>, body: &Body) -> serde_json::Result<(
     }
     line.push(b'\n');
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::kinds::{SimChat, SimRow};
+    use crate::sim::{Release, Simulator};
+
+    /// The chunk's JSON with and without the fast path, and how many rows
+    /// took it.
+    fn both_paths(path: &Path) -> (Vec<u8>, Vec<u8>, u64, u64) {
+        let db = ChatDb::open(path).expect("reader opens");
+        let end = db.max_rowid().expect("max rowid");
+        let (fast, plain) = chunk_json_with(&db, 0, end, &mut Lookups::default(), Vec::new(), true)
+            .expect("fast path");
+        let (general, none) =
+            chunk_json_with(&db, 0, end, &mut Lookups::default(), Vec::new(), false)
+                .expect("general path");
+        assert_eq!(none, 0);
+        assert_eq!(fast.rows, general.rows);
+        assert_eq!(fast.events, general.events);
+        (fast.json, general.json, plain, fast.rows)
+    }
+
+    /// Rows the fast path takes, and rows next to them that it must leave to
+    /// the general path, on every release: both paths print the same bytes.
+    #[test]
+    fn the_fast_path_writes_what_the_general_path_writes() {
+        for release in Release::ALL {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("chat.db");
+            let mut sim = Simulator::create_release(&path, release).expect("create");
+            let ann = "+15551230001";
+            let group = SimChat::group("chat42", Some("Crew \"A\""), &[ann, "Jo@Example.org"]);
+            let texts = [
+                "plain",
+                "",
+                "quotes \" and \\ backslashes",
+                "control \u{1}\u{8}\t\n\u{c}\r\u{1f} chars",
+                "emoji 😀👍🏽, 日本語, U+2028 \u{2028} and DEL \u{7f}",
+                "placeholders \u{FFFC} and \u{FFFD} are dropped",
+                &"long ".repeat(100),
+            ];
+            for text in texts {
+                sim.write(&SimRow::incoming(ann, text)).expect("incoming");
+                sim.write(&SimRow::from_me(group.clone(), text))
+                    .expect("from me");
+                let mut theirs = SimRow::incoming("Jo@Example.org", text);
+                theirs.chat = group.clone();
+                theirs.text_column = true;
+                sim.write(&theirs).expect("group incoming");
+            }
+            let first = sim.receive(ann, "first").expect("first");
+            let mut reply = SimRow::incoming(ann, "a reply");
+            reply.reply_to = Some(first.guid.clone());
+            reply.subject = Some("Re: \"house\"".into());
+            sim.write(&reply).expect("reply");
+            let mut orphan = SimRow::incoming(ann, "no chat yet");
+            orphan.join = false;
+            sim.write(&orphan).expect("orphan");
+            sim.write(&SimRow::incoming(ann, &"x".repeat(70_000)))
+                .expect("over-long");
+            let odd: Vec<_> = (0..7)
+                .map(|i| sim.receive(ann, &format!("odd {i}")).expect("odd"))
+                .collect();
+            sim.react(
+                &SimChat::direct(ann),
+                Some(ann),
+                &first.guid,
+                crate::sim::kinds::TAPBACK_LOVE,
+                None,
+            )
+            .expect("tapback");
+            drop(sim);
+            // What Messages itself never writes, or rarely: each must
+            // either be written alike or left to the general path.
+            let conn = rusqlite::Connection::open(&path).expect("rw");
+            let set = |sql: &str, guid: &str| {
+                conn.execute(sql, [guid]).expect(sql);
+            };
+            set(
+                "UPDATE message SET service = NULL WHERE guid = ?1",
+                &odd[0].guid,
+            );
+            set(
+                "UPDATE message SET attributedBody = x'040B', text = 'fallback' WHERE guid = ?1",
+                &odd[1].guid,
+            );
+            set(
+                "UPDATE message SET attributedBody = x'040B', text = NULL WHERE guid = ?1",
+                &odd[2].guid,
+            );
+            set(
+                "UPDATE message SET attributedBody = x'FFFE6800E900', text = NULL WHERE guid = ?1",
+                &odd[3].guid,
+            );
+            set(
+                "UPDATE message SET handle_id = 0 WHERE guid = ?1",
+                &odd[4].guid,
+            );
+            set(
+                "UPDATE message SET attributedBody = CAST(attributedBody AS TEXT) WHERE guid = ?1",
+                &odd[5].guid,
+            );
+            // Invalid UTF-8 inside the text: decoded lossily on both paths.
+            let mut body = crate::sim::body::attributed_body("bad byte");
+            if let Some(at) = body.windows(3).position(|w| w == b"bad") {
+                body[at] = 0xFF;
+            }
+            conn.execute(
+                "UPDATE message SET attributedBody = ?1 WHERE guid = ?2",
+                rusqlite::params![body, odd[6].guid],
+            )
+            .expect("invalid UTF-8");
+            drop(conn);
+
+            let (fast, general, plain, rows) = both_paths(&path);
+            assert_eq!(
+                String::from_utf8_lossy(&fast),
+                String::from_utf8_lossy(&general),
+                "{release:?}"
+            );
+            assert!(
+                plain * 10 >= rows * 8,
+                "{release:?}: only {plain} of {rows} rows took the fast path"
+            );
+        }
+    }
+
+    /// The generator's realistic mix, the benchmark's database in small.
+    #[test]
+    fn the_fast_path_agrees_on_a_generated_history() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("chat.db");
+        let mut sim = Simulator::create(&path).expect("create");
+        sim.generate(5_000, 60).expect("generate");
+        drop(sim);
+        let (fast, general, plain, rows) = both_paths(&path);
+        assert_eq!(rows, 5_000);
+        assert!(
+            fast == general,
+            "the fast path differs from the general one"
+        );
+        assert!(plain * 10 >= rows * 9, "{plain} of {rows}");
+    }
 }

@@ -11,6 +11,8 @@
 //! knows nothing of the outbox or the link.
 
 pub mod bulk;
+mod json;
+mod plain;
 pub mod summary;
 pub mod typedstream;
 
@@ -481,6 +483,26 @@ impl ChatDb {
         lookups: &mut Lookups,
         mut each: impl FnMut(MessageRow, Option<std::sync::Arc<ChatInfo>>) -> Result<(), ChatDbError>,
     ) -> Result<(), ChatDbError> {
+        self.scan_range(after, upto, limit, lean, |r, chat| {
+            let (row, chat) = self
+                .read_row(r, chat, lean, lookups)
+                .map_err(|e| self.err(e))?;
+            each(row, chat)
+        })
+    }
+
+    /// The walk under [`Self::read_range`]: hands `each` every SQLite row of
+    /// the range, still undecoded, with the ROWID of its chat (`None`: not
+    /// joined), so the bulk read can write a plain message's JSON straight
+    /// from the row ([`plain`]).
+    fn scan_range<E: From<ChatDbError>>(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: Option<usize>,
+        lean: bool,
+        mut each: impl FnMut(&rusqlite::Row<'_>, Option<i64>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let limit = limit.map_or(-1, |l| i64::try_from(l).unwrap_or(i64::MAX));
         // Both cursors must see the same snapshot: a join committed between
         // two statements would otherwise be missed or half-seen.
@@ -518,10 +540,7 @@ impl ChatDb {
                     Some((message_id, chat)) if message_id == rowid => chat,
                     _ => None,
                 };
-                let (row, chat) = self
-                    .read_row(r, chat, lean, lookups)
-                    .map_err(|e| self.err(e))?;
-                each(row, chat)?;
+                each(r, chat)?;
             }
         }
         tx.commit().map_err(|e| self.err(e))?;
@@ -570,17 +589,7 @@ impl ChatDb {
         }
         self.read_range(after, upto, None, true, lookups, |row, chat| {
             n += 1;
-            let body = match chat {
-                Some(chat) if row.kind() == RowKind::Message => {
-                    Some(Body::EventMessage(row.into_event_in(None, &chat)))
-                }
-                chat => {
-                    let mut row = row;
-                    row.set_chat(chat.as_deref());
-                    row.into_body(None)
-                }
-            };
-            match body {
+            match row.into_body_in(chat.as_deref()) {
                 Some(body) => each(body),
                 None => Ok(()),
             }
@@ -1146,6 +1155,9 @@ pub struct ChatInfo {
     /// normalised participants.
     kind: ChatKind,
     handles: Vec<Handle>,
+    /// This chat's part of a plain message's JSON line, encoded once per
+    /// chat instead of once per row ([`plain::chat_json`]).
+    json: plain::ChatJson,
 }
 
 /// Chats and handles already read during one read: a few hundred rows that
@@ -1158,6 +1170,10 @@ pub struct Lookups {
     handles: Vec<Option<Option<String>>>,
     far_chats: HashMap<i64, std::sync::Arc<ChatInfo>>,
     far_handles: HashMap<i64, Option<String>>,
+    /// `,"sender":{…}` of each handle as a plain message's JSON line has it
+    /// (empty for no handle), encoded once per handle.
+    senders: Vec<Option<Box<[u8]>>>,
+    far_senders: HashMap<i64, Box<[u8]>>,
 }
 
 /// ROWIDs below this are cached in [`Lookups`]' vectors.
@@ -1165,14 +1181,10 @@ const NEAR: i64 = 1 << 16;
 
 impl Lookups {
     fn chat(&mut self, db: &ChatDb, rowid: i64) -> rusqlite::Result<std::sync::Arc<ChatInfo>> {
-        let near = usize::try_from(rowid).ok().filter(|_| rowid < NEAR);
-        let cached = match near {
-            Some(i) => self.chats.get(i).cloned().flatten(),
-            None => self.far_chats.get(&rowid).cloned(),
-        };
-        if let Some(c) = cached {
-            return Ok(c);
+        if let Some(c) = self.cached_chat(rowid) {
+            return Ok(c.clone());
         }
+        let near = usize::try_from(rowid).ok().filter(|_| rowid < NEAR);
         let mut stmt = db
             .conn
             .prepare_cached("SELECT guid, style, display_name FROM chat WHERE ROWID = ?1")?;
@@ -1187,13 +1199,23 @@ impl Lookups {
             .optional()?
             .unwrap_or((None, None, None));
         let participants = db.participants_raw(rowid)?;
+        let kind = chat_kind(style, guid.as_deref().unwrap_or_default());
+        let handles: Vec<Handle> = participants.iter().map(|p| normalize_handle(p)).collect();
+        let display_name = display_name.filter(|n| !n.is_empty());
+        let json = plain::chat_json(
+            guid.as_deref().unwrap_or_default(),
+            kind,
+            display_name.as_deref(),
+            &handles,
+        );
         let info = std::sync::Arc::new(ChatInfo {
-            kind: chat_kind(style, guid.as_deref().unwrap_or_default()),
-            handles: participants.iter().map(|p| normalize_handle(p)).collect(),
+            kind,
+            handles,
             guid,
             style,
-            display_name: display_name.filter(|n| !n.is_empty()),
+            display_name,
             participants,
+            json,
         });
         match near {
             Some(i) => {
@@ -1207,6 +1229,61 @@ impl Lookups {
             }
         }
         Ok(info)
+    }
+
+    fn cached_chat(&self, rowid: i64) -> Option<&std::sync::Arc<ChatInfo>> {
+        match usize::try_from(rowid).ok().filter(|_| rowid < NEAR) {
+            Some(i) => self.chats.get(i)?.as_ref(),
+            None => self.far_chats.get(&rowid),
+        }
+    }
+
+    /// A plain message's chat and its `,"sender":{…}` ([`Self::cache_sender`]),
+    /// borrowed: the fast path needs no copy of either.
+    fn plain_parts(
+        &mut self,
+        db: &ChatDb,
+        chat_rowid: i64,
+        handle_rowid: i64,
+    ) -> rusqlite::Result<(&ChatInfo, &[u8])> {
+        if self.cached_chat(chat_rowid).is_none() {
+            self.chat(db, chat_rowid)?;
+        }
+        self.cache_sender(db, handle_rowid)?;
+        // `chat` has just cached it; the error cannot happen.
+        let chat = self
+            .cached_chat(chat_rowid)
+            .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        let sender = match usize::try_from(handle_rowid)
+            .ok()
+            .filter(|_| handle_rowid < NEAR)
+        {
+            Some(i) => self.senders.get(i).and_then(Option::as_deref),
+            None => self.far_senders.get(&handle_rowid).map(|j| &**j),
+        };
+        Ok((chat, sender.unwrap_or_default()))
+    }
+
+    /// Encodes, once per handle, the `,"sender":{…}` of a row whose
+    /// `handle_id` is `rowid` (empty when it names no handle): what
+    /// [`MessageRow::to_event`] makes of [`Self::handle`].
+    fn cache_sender(&mut self, db: &ChatDb, rowid: i64) -> rusqlite::Result<()> {
+        match usize::try_from(rowid).ok().filter(|_| rowid < NEAR) {
+            Some(i) if self.senders.get(i).is_some_and(Option::is_some) => {}
+            Some(i) => {
+                let json = plain::sender_json(self.handle(db, rowid)?.as_deref());
+                if self.senders.len() <= i {
+                    self.senders.resize(i + 1, None);
+                }
+                self.senders[i] = Some(json);
+            }
+            None if self.far_senders.contains_key(&rowid) => {}
+            None => {
+                let json = plain::sender_json(self.handle(db, rowid)?.as_deref());
+                self.far_senders.insert(rowid, json);
+            }
+        }
+        Ok(())
     }
 
     /// `handle.id` of a `handle_id` / `other_handle` (0: none).
@@ -1362,6 +1439,20 @@ impl MessageRow {
             chat.display_name.clone(),
             chat.handles.clone(),
         )
+    }
+
+    /// [`Self::into_body`] for a row read without its chat fields, joined to
+    /// `chat` as looked up once for many rows (`None`: not joined).
+    fn into_body_in(mut self, chat: Option<&ChatInfo>) -> Option<Body> {
+        match chat {
+            Some(chat) if self.kind() == RowKind::Message => {
+                Some(Body::EventMessage(self.into_event_in(None, chat)))
+            }
+            chat => {
+                self.set_chat(chat);
+                self.into_body(None)
+            }
+        }
     }
 
     /// Fills the chat fields from a looked-up chat (`None`: not joined).

@@ -17,6 +17,8 @@
 //! against the bytes actually present before using it.
 //! Attachment (U+FFFC) and app-balloon (U+FFFD) placeholders are returned as they are stored.
 
+use std::borrow::Cow;
+
 use thiserror::Error;
 
 /// How deeply objects, arrays and structs may nest before the stream is rejected; real bodies
@@ -200,6 +202,60 @@ pub fn decode_body(blob: &[u8]) -> std::result::Result<DecodedBody, TypedStreamE
     })
 }
 
+/// [`decode_text`] without copying or checking: the text's bytes as the
+/// body stores them, borrowed from the blob, UTF-8 not yet checked (the
+/// caller checks it, and decodes it lossily as [`decode_text`] does when
+/// it is not, without a copy in the usual case). For the bulk read of messages
+/// that have no attachments ([`super::plain`]), so it neither collects the
+/// attachment GUIDs nor walks the attributes after the text: the text is
+/// known once its byte string has been read, and what follows could only
+/// add a debug log line ([`decode_text`] returns the text either way).
+pub fn decode_text_unchecked(blob: &[u8]) -> std::result::Result<Cow<'_, [u8]>, TypedStreamError> {
+    if let Some(utf16) = blob.strip_prefix(&UTF16LE_BOM) {
+        return Ok(Cow::Owned(decode_utf16le(utf16).into_bytes()));
+    }
+    match plain_text(blob) {
+        Some(bytes) => Ok(Cow::Borrowed(bytes)),
+        None => {
+            let mut walker = Walker::new(blob);
+            walker.text_only = true;
+            walker.decode().map(Cow::Borrowed)
+        }
+    }
+}
+
+/// The bytes Messages writes before the text of a plain message, up to the
+/// text's length: the header, the root `NSMutableAttributedString` (or
+/// `NSAttributedString`) class chain, the string's `NSMutableString` (or
+/// `NSString`) chain and its `+` type. Nearly every body starts with one of
+/// them, and the walker reads them the same way every time; matching them
+/// whole skips the part of decoding that cost the most per row.
+const PLAIN_PREFIXES: [&[u8]; 2] = [
+    b"\x04\x0bstreamtyped\x81\xe8\x03\x84\x01@\
+      \x84\x84\x84\x19NSMutableAttributedString\x00\
+      \x84\x84\x12NSAttributedString\x00\
+      \x84\x84\x08NSObject\x00\x85\
+      \x92\x84\x84\x84\x0fNSMutableString\x01\
+      \x84\x84\x08NSString\x01\x95\
+      \x84\x01+",
+    b"\x04\x0bstreamtyped\x81\xe8\x03\x84\x01@\
+      \x84\x84\x84\x12NSAttributedString\x00\
+      \x84\x84\x08NSObject\x00\x85\
+      \x92\x84\x84\x84\x08NSString\x01\x94\
+      \x84\x01+",
+];
+
+/// The text of a body that starts with one of [`PLAIN_PREFIXES`], exactly as
+/// the walker would find it; `None` for any other blob, or one whose length
+/// or text is cut short (the walker then reports why).
+fn plain_text(blob: &[u8]) -> Option<&[u8]> {
+    let prefix = PLAIN_PREFIXES.iter().find(|p| blob.starts_with(p))?;
+    let mut walker = Walker::bare(blob);
+    walker.pos = prefix.len();
+    let len = walker.read_length().ok()?;
+    walker.take(len).ok()
+}
+
 /// The text of a message row: `attributedBody` first, `text` as fallback.
 ///
 /// `Ok(None)` means the row has no body at all. A blob that cannot be decoded yields the error
@@ -269,20 +325,33 @@ struct Walker<'a> {
     /// Every object value read after the text, as its string when it is one,
     /// in stream order: attribute dictionaries come out as key, value, ...
     values: Vec<Option<&'a [u8]>>,
+    /// Stop as soon as [`Self::text`] is known: no [`Self::values`], no
+    /// walk of the attributes ([`decode_text_unchecked`]).
+    text_only: bool,
 }
 
 impl<'a> Walker<'a> {
     fn new(buf: &'a [u8]) -> Self {
         Self {
-            buf,
-            pos: 0,
             // Sized for a typical body, so decoding does not regrow them.
             strings: Vec::with_capacity(16),
             shared: Vec::with_capacity(16),
+            ..Self::bare(buf)
+        }
+    }
+
+    /// A walker that has allocated nothing yet.
+    fn bare(buf: &'a [u8]) -> Self {
+        Self {
+            buf,
+            pos: 0,
+            strings: Vec::new(),
+            shared: Vec::new(),
             depth: 0,
             text: None,
             object_strings: Vec::new(),
             values: Vec::new(),
+            text_only: false,
         }
     }
 
@@ -308,7 +377,7 @@ impl<'a> Walker<'a> {
     /// Walks the whole stream strictly: any error anywhere, attributes included, is returned.
     fn walk(&mut self) -> Result<&'a [u8]> {
         self.read_header()?;
-        while self.pos < self.buf.len() {
+        while self.pos < self.buf.len() && !self.done() {
             let (encoding, at) = self.read_type_string()?;
             if self.text.is_none() && encoding == b"@" {
                 self.read_root()?;
@@ -410,6 +479,13 @@ impl<'a> Walker<'a> {
         self.read_contents()
     }
 
+    /// Whether the walk can stop here: the text is known and nothing else
+    /// is wanted ([`Self::text_only`]). Every loop checks it, so the walk
+    /// unwinds without reading another byte.
+    fn done(&self) -> bool {
+        self.text_only && self.text.is_some()
+    }
+
     /// The class of a new object; an object without a class cannot be decoded.
     fn read_object_class(&mut self) -> Result<usize> {
         let at = self.pos;
@@ -455,10 +531,16 @@ impl<'a> Walker<'a> {
     /// [`Self::read_contents`], returning the object's first `+` byte string (an NSString's text).
     fn read_contents_string(&mut self) -> Result<Option<&'a [u8]>> {
         let mut first = None;
+        if self.done() {
+            return Ok(None);
+        }
         while self.peek()? != TAG_END {
             let (encoding, at) = self.read_type_string()?;
             let bytes = self.read_values(encoding, at, false)?;
             first = first.or(bytes);
+            if self.done() {
+                return Ok(first);
+            }
         }
         self.pos += 1;
         Ok(first)
@@ -475,7 +557,7 @@ impl<'a> Walker<'a> {
     ) -> Result<Option<&'a [u8]>> {
         let mut start = 0;
         let mut first = None;
-        while start < encoding.len() {
+        while start < encoding.len() && !self.done() {
             let end = type_end(encoding, start, at)?;
             let bytes = self.read_value(encoding.get(start..end).unwrap_or_default(), at)?;
             if keep_text && self.text.is_none() {
@@ -1428,7 +1510,84 @@ mod tests {
         );
     }
 
+    /// [`decode_text_unchecked`] stops at the text; it must still agree
+    /// with the full walk on every input, errors included.
+    fn same_as_full_walk(blob: &[u8]) -> std::result::Result<(), TestCaseError> {
+        prop_assert_eq!(
+            decode_text_unchecked(blob).map(|b| String::from_utf8_lossy(&b).into_owned()),
+            decode_text(blob)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_text_only_decoder_agrees_on_the_hand_built_bodies() {
+        for text in ["", "hello", "日本語", "a\u{FFFC}b", &"x".repeat(300)] {
+            let body = attributed_body(text);
+            assert_eq!(decode_text_unchecked(&body).as_deref(), Ok(text.as_bytes()));
+        }
+    }
+
+    #[test]
+    fn the_plain_prefixes_are_what_the_walker_reads_before_the_text() {
+        // The simulator writes the first one, as Messages does.
+        assert!(attributed_body("hi").starts_with(PLAIN_PREFIXES[0]));
+        for prefix in PLAIN_PREFIXES {
+            for text in ["", "hello", &"é".repeat(150)] {
+                let mut blob = prefix.to_vec();
+                blob.extend_from_slice(&length_bytes(text.len()));
+                blob.extend_from_slice(text.as_bytes());
+                assert_eq!(plain_text(&blob), Some(text.as_bytes()));
+                // The full walk, with the stream closed properly.
+                blob.extend_from_slice(&[TAG_END, TAG_END]);
+                assert_eq!(walk_fully(&blob), ok(text));
+            }
+        }
+    }
+
+    fn length_bytes(len: usize) -> Vec<u8> {
+        match u8::try_from(len) {
+            Ok(b) if !(0x80..=0x91).contains(&b) => vec![b],
+            _ => [
+                &[TAG_INT16][..],
+                &u16::try_from(len).expect("short").to_le_bytes(),
+            ]
+            .concat(),
+        }
+    }
+
     proptest! {
+        #[test]
+        fn plain_prefixes_then_anything_agree_with_the_full_walk(
+            which in 0..PLAIN_PREFIXES.len(),
+            bytes in any::<Vec<u8>>(),
+            text in any::<String>(),
+        ) {
+            let prefix = PLAIN_PREFIXES[which];
+            same_as_full_walk(&[prefix, &bytes].concat())?;
+            let mut blob = prefix.to_vec();
+            blob.extend_from_slice(&length_bytes(text.len().min(60_000)));
+            blob.extend_from_slice(text.as_bytes());
+            same_as_full_walk(&blob)?;
+            blob.extend_from_slice(&bytes);
+            same_as_full_walk(&blob)?;
+        }
+
+        #[test]
+        fn the_text_only_decoder_agrees_with_the_full_walk(
+            text in any::<String>(),
+            cut in any::<prop::sample::Index>(),
+            bytes in any::<Vec<u8>>(),
+        ) {
+            same_as_full_walk(&bytes)?;
+            same_as_full_walk(&[HEADER, &bytes].concat())?;
+            let body = attributed_body(&text);
+            same_as_full_walk(&body)?;
+            let kept = body.get(..cut.index(body.len() + 1)).unwrap_or_default();
+            same_as_full_walk(kept)?;
+            same_as_full_walk(&[kept, &bytes].concat())?;
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in any::<Vec<u8>>()) {
             let _ = decode_text(&bytes);
