@@ -150,6 +150,7 @@ impl Reader {
             return Box::pin(self.scan(tracker)).await;
         };
         let mut appended = 0;
+        let plain = read.is_some();
         match read {
             Some(read) => {
                 appended += read.appended;
@@ -207,10 +208,24 @@ impl Reader {
                 self.publish(read.last_ms);
             }
         }
+        // A plain read that found new rows, soon after the last look at
+        // changes: leave them for a later tick (one follows every file
+        // event, and the poll). The scan is then incomplete, so `seen` is
+        // not updated and that tick scans again.
+        let now = Instant::now();
+        if plain
+            && appended > 0
+            && tracker
+                .changes_at
+                .is_some_and(|at| now.duration_since(at) < CHANGES_EVERY)
+        {
+            return Ok(appended);
+        }
         if tracker.deleted_cursor.is_none() {
             tracker.deleted_cursor = Some(probe.max_deleted);
         }
         appended += self.scan_changes(tracker, cursor).await?;
+        tracker.changes_at = Some(now);
         let marks = tracker.marks();
         if marks != tracker.persisted {
             let store = self.store.clone();
@@ -364,6 +379,13 @@ impl Reader {
 /// How many recent rows (by ROWID) are re-read for status changes.
 pub const WINDOW: i64 = 500;
 
+/// While new rows keep arriving, how often the status window and the
+/// deletes are looked at. Re-reading 500 rows on every wake-up took as long
+/// as reading and storing the new message itself, so under a stream of
+/// messages (one a millisecond in `sim bench-wakeup`) the next message
+/// waited behind it; a delivery or read receipt can wait this long instead.
+pub const CHANGES_EVERY: Duration = Duration::from_millis(20);
+
 /// A row whose date is this far behind the newest live row is iCloud
 /// backfill, not a new message (real floods were 82 min to 14 h old, §17.2).
 pub const BACKFILL_LAG_NS: i64 = 30 * 60 * 1_000_000_000;
@@ -425,6 +447,8 @@ pub struct Tracker {
     marks_loaded: bool,
     /// The marks as last stored.
     persisted: ReaderMarks,
+    /// When the status window and deletes were last scanned.
+    changes_at: Option<Instant>,
 }
 
 impl Tracker {

@@ -327,3 +327,46 @@ async fn a_message_deleted_while_the_daemon_was_down_is_reported_after_restart()
         kept.guid
     );
 }
+
+/// Under a stream of new messages the reader announces each one at once and
+/// looks at status changes at most every `CHANGES_EVERY`; a receipt that
+/// arrives meanwhile comes on the next wake-up, never lost.
+#[tokio::test(start_paused = true)]
+async fn receipts_during_a_stream_of_messages_follow_within_changes_every() {
+    let (mut s, mut sim) = Setup::new(Release::Sequoia).await;
+    let ann = "+15550002222";
+    let mine = sim
+        .write(&SimRow::from_me(SimChat::direct(ann), "first"))
+        .expect("send");
+    assert_eq!(s.events().await.len(), 1, "the first message");
+
+    // A reply arrives just after ours was delivered.
+    sim.mark_delivered(&mine.guid).expect("deliver");
+    let reply = sim.receive(ann, "reply").expect("reply");
+    let got = s.events().await;
+    assert!(
+        matches!(&got[..], [Body::EventMessage(m)] if m.guid == reply.guid),
+        "the new message at once, the receipt deferred: {got:?}"
+    );
+    // The next wake-up, with nothing new, finishes the scan.
+    assert_eq!(
+        updates(&s.events().await),
+        vec![(UpdateKind::Delivered, format!("delivered:{}", mine.guid))]
+    );
+
+    // Later in the stream: once CHANGES_EVERY has passed, a new message and a
+    // receipt come in the same wake-up.
+    sim.mark_read(&mine.guid).expect("read");
+    let next = sim.receive(ann, "next").expect("next");
+    tokio::time::advance(whatsnap_mac::reader::CHANGES_EVERY).await;
+    let got = s.events().await;
+    assert!(
+        matches!(&got[0], Body::EventMessage(m) if m.guid == next.guid),
+        "{got:?}"
+    );
+    assert_eq!(
+        updates(&got),
+        vec![(UpdateKind::Read, format!("read:{}", mine.guid))]
+    );
+    assert!(s.events().await.is_empty(), "nothing twice");
+}
