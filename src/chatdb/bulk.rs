@@ -91,7 +91,7 @@ pub fn read_json_in_chunks(
     mut sink: impl FnMut(&[u8], &Progress) -> std::io::Result<()>,
 ) -> Result<Progress, BulkError> {
     let chunk_rowids = chunk_rowids.max(1);
-    let db = ChatDb::open(path)?;
+    let db = ChatDb::open_for_bulk(path)?;
     let end = db.max_rowid()?;
     let mut progress = Progress {
         cursor: start,
@@ -151,7 +151,7 @@ fn parallel(
             let (tx, rx) = mpsc::sync_channel::<Result<Chunk, BulkError>>(2);
             receivers.push(rx);
             scope.spawn(move || {
-                let db = match ChatDb::open(path) {
+                let db = match ChatDb::open_for_bulk(path) {
                     Ok(db) => db,
                     Err(e) => {
                         let _ = tx.send(Err(e.into()));

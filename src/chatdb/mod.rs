@@ -222,8 +222,23 @@ impl std::fmt::Debug for ChatDb {
 }
 
 impl ChatDb {
-    /// Opens `path` read-only and probes its schema.
+    /// Opens `path` read-only and probes its schema. Pages go through
+    /// SQLite's page cache, which is bounded: what the daemon, reading a few
+    /// rows at a time for months, wants.
     pub fn open(path: &Path) -> Result<ChatDb, ChatDbError> {
+        Self::open_with(path, false)
+    }
+
+    /// [`Self::open`] for reading a whole history ([`bulk`]): the file is
+    /// mapped instead of each page being copied through `read()`, several
+    /// times faster. Every page touched then stays resident (shared with the
+    /// OS file cache) as long as the connection lives, which is why the
+    /// daemon's long-lived connection does not map.
+    pub fn open_for_bulk(path: &Path) -> Result<ChatDb, ChatDbError> {
+        Self::open_with(path, true)
+    }
+
+    fn open_with(path: &Path, mmap: bool) -> Result<ChatDb, ChatDbError> {
         if !path.exists() {
             return Err(match std::fs::metadata(path) {
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -241,12 +256,12 @@ impl ChatDb {
         let conn = Connection::open_with_flags(&uri, flags).map_err(|e| classify(path, e))?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(|e| classify(path, e))?;
-        // Map the file instead of copying each page through read(): bulk
-        // reads (catch-up, `messages`) go several times faster, and only
-        // pages actually touched count towards memory. Read-only, so it is
-        // safe with Messages writing; WAL frames are still read normally.
-        conn.pragma_update(None, "mmap_size", 1i64 << 30)
-            .map_err(|e| classify(path, e))?;
+        if mmap {
+            // Read-only, so mapping is safe with Messages writing; WAL
+            // frames are still read normally.
+            conn.pragma_update(None, "mmap_size", 1i64 << 30)
+                .map_err(|e| classify(path, e))?;
+        }
         let mut db = ChatDb {
             conn,
             path: path.to_path_buf(),

@@ -21,7 +21,7 @@ use crate::chatdb::{ChatDb, SharedChatDb, bulk, typedstream};
 /// same columns in the same run; prints both, their ratio, and the same read
 /// on one worker thread.
 pub fn read(path: &Path) -> anyhow::Result<()> {
-    let db = ChatDb::open(path)?;
+    let db = ChatDb::open_for_bulk(path)?;
     // Warm the page cache so neither side pays for the first disk read.
     db.bare_scan(0)?;
     let (t, cpu) = (Instant::now(), cpu_time());
