@@ -2,163 +2,19 @@
 //! loopback, a chat.db in WAL mode written by the simulator, and the daemon as
 //! a real process driven by the fake `osascript`.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
+mod daemon_support;
 
-use tokio::process::{Child, Command};
-use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
+use std::path::Path;
+
+use daemon_support::{EXE, System, kill_hard};
+use tokio::process::Command;
 use whatsnap_mac::chatdb::ChatDb;
 use whatsnap_mac::link::pair;
-use whatsnap_mac::sim::{Simulator, fake_osascript};
 use whatsnap_proto::api::{AccountState, OutboundState};
 use whatsnap_proto::frame::SendState;
-use whatsnap_relay::client::AdminClient;
-use whatsnap_relay::{RelayConfig, RelayEvent, RelayHandle};
+use whatsnap_relay::RelayEvent;
 
 const CUSTOMER: &str = "+15551234567";
-const EXE: &str = env!("CARGO_BIN_EXE_whatsnap-mac");
-
-struct System {
-    dir: tempfile::TempDir,
-    relay: Option<RelayHandle>,
-    shutdown: CancellationToken,
-    events: broadcast::Receiver<RelayEvent>,
-    /// Events received but not yet waited for: a wait never loses one.
-    unclaimed: Vec<RelayEvent>,
-    admin: AdminClient,
-    sim: Simulator,
-    chat_db: PathBuf,
-    home: PathBuf,
-    osascript: PathBuf,
-    account_id: String,
-}
-
-impl System {
-    /// Service up, account "Mike" created, Mac paired; daemon not started.
-    async fn new() -> System {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let shutdown = CancellationToken::new();
-        let relay = whatsnap_relay::start(
-            RelayConfig {
-                db_path: dir.path().join("relay.db"),
-                listen: ([127, 0, 0, 1], 0).into(),
-                admin_token: "admin-secret".into(),
-                public_url: None,
-            },
-            shutdown.clone(),
-        )
-        .await
-        .expect("relay starts");
-        let events = relay.subscribe();
-        let admin = AdminClient::new(&relay.base_url(), Some("admin-secret".into()));
-        let created = admin.create_account("Mike").await.expect("account");
-        let messages = dir.path().join("Messages");
-        std::fs::create_dir_all(&messages).expect("messages dir");
-        let chat_db = messages.join("chat.db");
-        let sim = Simulator::create(&chat_db).expect("chat.db");
-        let osascript = fake_osascript::write_wrapper(dir.path(), Path::new(EXE), &chat_db)
-            .expect("fake osascript");
-        let home = dir.path().join("home");
-        std::fs::create_dir_all(&home).expect("home");
-        let creds = pair::pair(
-            &reqwest::Client::new(),
-            &relay.base_url(),
-            &created.pairing.code,
-            pair::device_info(),
-        )
-        .await
-        .expect("pairs");
-        pair::save(&home.join("credentials.json"), &creds).expect("save");
-        System {
-            account_id: created.account.id,
-            dir,
-            relay: Some(relay),
-            shutdown,
-            events,
-            unclaimed: Vec::new(),
-            admin,
-            sim,
-            chat_db,
-            home,
-            osascript,
-        }
-    }
-
-    fn osascript_log(&self) -> PathBuf {
-        self.dir.path().join("osascript.jsonl")
-    }
-
-    /// Starts `whatsnap-mac run` and waits until the account is Active.
-    async fn start_daemon(&mut self) -> Child {
-        let child = Command::new(EXE)
-            .arg("run")
-            .arg("--home")
-            .arg(&self.home)
-            .arg("--chat-db")
-            .arg(&self.chat_db)
-            .arg("--osascript")
-            .arg(&self.osascript)
-            .env("WHATSNAP_SIM_OSASCRIPT_LOG", self.osascript_log())
-            .env("WHATSNAP_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.path().join("daemon.log"))
-                    .expect("log"),
-            )
-            .kill_on_drop(true)
-            .spawn()
-            .expect("daemon starts");
-        let account = self.account_id.clone();
-        self.wait_for("the account to become Active", |e| {
-            matches!(e, RelayEvent::AccountStatus { account_id, status: AccountState::Active, .. } if *account_id == account)
-        })
-        .await;
-        child
-    }
-
-    async fn wait_for(&mut self, what: &str, want: impl Fn(&RelayEvent) -> bool) -> RelayEvent {
-        let log = self.dir.path().join("daemon.log");
-        if let Some(i) = self.unclaimed.iter().position(&want) {
-            return self.unclaimed.remove(i);
-        }
-        let (events, unclaimed) = (&mut self.events, &mut self.unclaimed);
-        let found = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                match events.recv().await {
-                    Ok(e) if want(&e) => return e,
-                    Ok(e) => unclaimed.push(e),
-                    Err(e) => panic!("relay event bus: {e}"),
-                }
-            }
-        })
-        .await;
-        match found {
-            Ok(e) => e,
-            Err(_) => panic!(
-                "gave up waiting for {what}; daemon log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            ),
-        }
-    }
-
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(relay) = self.relay.take() {
-            relay.wait().await;
-        }
-    }
-}
-
-async fn kill_hard(mut child: Child) {
-    // Child::kill is SIGKILL: no chance to flush, ack or close the socket.
-    child.kill().await.expect("kill -9");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incoming_text_becomes_a_tagged_contact_and_a_reply_leaves_through_messages() {
@@ -320,7 +176,7 @@ async fn killing_the_daemon_neither_loses_nor_repeats_inbound_messages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_pairing_code_is_refused_with_a_clear_error() {
     let sys = System::new().await;
-    let base = sys.relay.as_ref().expect("relay").base_url();
+    let base = sys.base_url();
     let home = sys.dir.path().join("other-home");
     let out = Command::new(EXE)
         .args(["pair", "--force", "--server", &base, "WRNG-CODE", "--home"])
@@ -353,7 +209,7 @@ async fn a_wrong_pairing_code_is_refused_with_a_clear_error() {
 async fn unpair_revokes_the_mac_at_the_service_and_forgets_its_token() {
     let mut sys = System::new().await;
     let daemon = sys.start_daemon().await;
-    let base = sys.relay.as_ref().expect("relay").base_url();
+    let base = sys.base_url();
     let token = pair::load(&sys.home.join("credentials.json"))
         .expect("paired")
         .device_token;

@@ -16,27 +16,22 @@
 //!   test waits for before killing the daemon, then releases the fake, as a
 //!   Messages that answers late.
 
+mod daemon_support;
+
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
-use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
-use whatsnap_mac::link::pair;
+use daemon_support::{System, WAIT, kill_hard};
+use tokio::process::Child;
 use whatsnap_mac::send::{CRASH_AT_ENV, CrashPoint};
-use whatsnap_mac::sim::Simulator;
-use whatsnap_mac::sim::fake_osascript::{self, CONTROL_ENV, Control, LOG_ENV, hanging_marker};
+use whatsnap_mac::sim::fake_osascript::{CONTROL_ENV, Control, hanging_marker};
 use whatsnap_mac::sim::sends::SendSim;
 use whatsnap_proto::api::OutboundState;
 use whatsnap_proto::frame::SendState;
-use whatsnap_relay::client::AdminClient;
-use whatsnap_relay::{RelayConfig, RelayEvent, RelayHandle};
+use whatsnap_relay::RelayEvent;
 
 const CUSTOMER: &str = "+15551234567";
-const EXE: &str = env!("CARGO_BIN_EXE_whatsnap-mac");
-const WAIT: Duration = Duration::from_secs(30);
 
 /// Where the daemon dies.
 #[derive(Debug, Clone, Copy)]
@@ -91,201 +86,46 @@ const STEPS: [(&str, Kill, SendState); 7] = [
     ),
 ];
 
-struct System {
-    dir: tempfile::TempDir,
-    relay: Option<RelayHandle>,
-    shutdown: CancellationToken,
-    events: broadcast::Receiver<RelayEvent>,
-    /// Events received but not yet waited for: a wait never loses one.
-    unclaimed: Vec<RelayEvent>,
-    admin: AdminClient,
-    sim: Simulator,
-    chat_db: PathBuf,
-    home: PathBuf,
-    osascript: PathBuf,
-    contact_id: String,
+/// Service up, Mac paired, and one message received from the customer
+/// (so the service has the contact the CRM replies to); no daemon runs.
+/// Returns the system and that contact's id.
+async fn with_contact() -> (System, String) {
+    let mut sys = System::new().await;
+    sys.control(&Control::default());
+    let daemon = start_daemon(&mut sys, None).await;
+    sys.sim
+        .receive(CUSTOMER, "Is the flat still free?")
+        .expect("incoming");
+    let RelayEvent::ContactCreated { contact_id, .. } = sys
+        .wait_for("the contact", |e| {
+            matches!(e, RelayEvent::ContactCreated { .. })
+        })
+        .await
+    else {
+        unreachable!()
+    };
+    kill_hard(daemon).await;
+    (sys, contact_id)
 }
 
-impl System {
-    /// Service up, Mac paired, and one message received from the customer
-    /// (so the service has the contact the CRM replies to); no daemon runs.
-    async fn new() -> System {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let shutdown = CancellationToken::new();
-        let relay = whatsnap_relay::start(
-            RelayConfig {
-                db_path: dir.path().join("relay.db"),
-                listen: ([127, 0, 0, 1], 0).into(),
-                admin_token: "admin-secret".into(),
-                public_url: None,
-            },
-            shutdown.clone(),
-        )
-        .await
-        .expect("relay starts");
-        let events = relay.subscribe();
-        let admin = AdminClient::new(&relay.base_url(), Some("admin-secret".into()));
-        let created = admin.create_account("Mike").await.expect("account");
-        let messages = dir.path().join("Messages");
-        std::fs::create_dir_all(&messages).expect("messages dir");
-        let chat_db = messages.join("chat.db");
-        let sim = Simulator::create(&chat_db).expect("chat.db");
-        let osascript = fake_osascript::write_wrapper(dir.path(), Path::new(EXE), &chat_db)
-            .expect("fake osascript");
-        let home = dir.path().join("home");
-        std::fs::create_dir_all(&home).expect("home");
-        let creds = pair::pair(
-            &reqwest::Client::new(),
-            &relay.base_url(),
-            &created.pairing.code,
-            pair::device_info(),
-        )
-        .await
-        .expect("pairs");
-        pair::save(&home.join("credentials.json"), &creds).expect("save");
-        let mut sys = System {
-            dir,
-            relay: Some(relay),
-            shutdown,
-            events,
-            unclaimed: Vec::new(),
-            admin,
-            sim,
-            chat_db,
-            home,
-            osascript,
-            contact_id: String::new(),
-        };
-        sys.control(&Control::default());
-        let daemon = sys.start_daemon(None).await;
-        sys.sim
-            .receive(CUSTOMER, "Is the flat still free?")
-            .expect("incoming");
-        let RelayEvent::ContactCreated { contact_id, .. } = sys
-            .wait_for("the contact", |e| {
-                matches!(e, RelayEvent::ContactCreated { .. })
-            })
-            .await
-        else {
-            unreachable!()
-        };
-        sys.contact_id = contact_id;
-        kill_hard(daemon).await;
-        sys
-    }
+fn osascript_calls(sys: &System) -> usize {
+    std::fs::read_to_string(sys.osascript_log()).map_or(0, |t| t.lines().count())
+}
 
-    fn control_path(&self) -> PathBuf {
-        self.dir.path().join("control.json")
-    }
-
-    fn control(&self, c: &Control) {
-        c.write(&self.control_path()).expect("control");
-    }
-
-    fn osascript_calls(&self) -> usize {
-        std::fs::read_to_string(self.dir.path().join("osascript.jsonl"))
-            .map_or(0, |t| t.lines().count())
-    }
-
-    fn daemon_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
-    }
-
-    /// Starts `whatsnap-mac run` (dying at `crash_at`, if set) and waits
-    /// until the service has it connected.
-    async fn start_daemon(&mut self, crash_at: Option<CrashPoint>) -> Child {
-        let mut cmd = Command::new(EXE);
-        cmd.arg("run")
-            .arg("--home")
-            .arg(&self.home)
-            .arg("--chat-db")
-            .arg(&self.chat_db)
-            .arg("--osascript")
-            .arg(&self.osascript)
-            .env(CONTROL_ENV, self.control_path())
-            .env(LOG_ENV, self.dir.path().join("osascript.jsonl"))
+/// Starts `whatsnap-mac run` (dying at `crash_at`, if set), the fake
+/// osascript following the control file, and waits until the service has
+/// it connected.
+async fn start_daemon(sys: &mut System, crash_at: Option<CrashPoint>) -> Child {
+    let control = sys.control_path();
+    sys.start_daemon_with(|cmd| {
+        cmd.env(CONTROL_ENV, control)
             .env("WHATSNAP_MACOS_VERSION", "15.3")
-            .env("WHATSNAP_LOG", "debug")
-            .env_remove(CRASH_AT_ENV)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.path().join("daemon.log"))
-                    .expect("log"),
-            )
-            .kill_on_drop(true);
+            .env_remove(CRASH_AT_ENV);
         if let Some(point) = crash_at {
             cmd.env(CRASH_AT_ENV, point.name());
         }
-        let child = cmd.spawn().expect("daemon starts");
-        self.wait_for("the account to become Active", |e| {
-            matches!(
-                e,
-                RelayEvent::AccountStatus {
-                    status: whatsnap_proto::api::AccountState::Active,
-                    ..
-                }
-            )
-        })
-        .await;
-        child
-    }
-
-    async fn wait_for(&mut self, what: &str, want: impl Fn(&RelayEvent) -> bool) -> RelayEvent {
-        self.wait_within(WAIT, what, want).await
-    }
-
-    async fn wait_within(
-        &mut self,
-        within: Duration,
-        what: &str,
-        want: impl Fn(&RelayEvent) -> bool,
-    ) -> RelayEvent {
-        if let Some(i) = self.unclaimed.iter().position(&want) {
-            return self.unclaimed.remove(i);
-        }
-        let (events, unclaimed) = (&mut self.events, &mut self.unclaimed);
-        let found = tokio::time::timeout(within, async {
-            loop {
-                match events.recv().await {
-                    Ok(e) if want(&e) => return e,
-                    Ok(e) => unclaimed.push(e),
-                    Err(e) => panic!("relay event bus: {e}"),
-                }
-            }
-        })
-        .await;
-        match found {
-            Ok(e) => e,
-            Err(_) => panic!(
-                "gave up waiting for {what}; daemon log:\n{}",
-                self.daemon_log()
-            ),
-        }
-    }
-
-    async fn stop(mut self) {
-        self.shutdown.cancel();
-        if let Some(relay) = self.relay.take() {
-            relay.wait().await;
-        }
-    }
-}
-
-impl Drop for System {
-    fn drop(&mut self) {
-        // A fake osascript left hanging by a failed test is let go, so no
-        // process outlives the test.
-        let _ = Control::default().write(&self.control_path());
-    }
-}
-
-async fn kill_hard(mut child: Child) {
-    // Child::kill is SIGKILL: no chance to flush, ack or close the socket.
-    child.kill().await.expect("kill -9");
+    })
+    .await
 }
 
 /// Waits (on file system events, never by sleeping) until `path` exists.
@@ -323,7 +163,7 @@ async fn file_appears(path: &Path, what: &str, sys: &System) {
 /// Issues one send, kills the daemon at `kill`, restarts it, and checks
 /// what the customer and the CRM end up with.
 async fn kill_at(step: &str, kill: Kill, expected: SendState) {
-    let mut sys = System::new().await;
+    let (mut sys, contact_id) = with_contact().await;
     let text = format!("Viewing confirmed for 3pm ({step})");
     let client_msg_id = format!("crm:{}", step.replace(' ', "-"));
     let hang = match kill {
@@ -342,10 +182,10 @@ async fn kill_at(step: &str, kill: Kill, expected: SendState) {
         Kill::At(point) => Some(point),
         Kill::WhileOsascript(_) => None,
     };
-    let mut daemon = sys.start_daemon(crash_at).await;
+    let mut daemon = start_daemon(&mut sys, crash_at).await;
     let queued = sys
         .admin
-        .send_message(&sys.contact_id, &text, Some(&client_msg_id))
+        .send_message(&contact_id, &text, Some(&client_msg_id))
         .await
         .expect("queued at the service");
     assert_eq!(
@@ -380,7 +220,7 @@ async fn kill_at(step: &str, kill: Kill, expected: SendState) {
     }
 
     // launchd starts it again; a late Messages then answers.
-    let daemon = sys.start_daemon(None).await;
+    let daemon = start_daemon(&mut sys, None).await;
     sys.control(&Control::default());
     let id = client_msg_id.clone();
     // Past the daemon's 60 s window for a send it finds in flight.
@@ -411,9 +251,9 @@ async fn kill_at(step: &str, kill: Kill, expected: SendState) {
         sys.daemon_log()
     );
     assert!(
-        sys.osascript_calls() <= 1,
+        osascript_calls(&sys) <= 1,
         "{step}: Messages was asked {} times",
-        sys.osascript_calls()
+        osascript_calls(&sys)
     );
     assert_eq!(state, expected, "{step}: log:\n{}", sys.daemon_log());
     match state {
@@ -422,7 +262,7 @@ async fn kill_at(step: &str, kill: Kill, expected: SendState) {
             assert_eq!(guids, vec![rows[0].0.clone()], "{step}");
         }
         _ => assert_eq!(
-            sys.osascript_calls(),
+            osascript_calls(&sys),
             0,
             "{step}: not dispatched again after the restart"
         ),
@@ -431,7 +271,7 @@ async fn kill_at(step: &str, kill: Kill, expected: SendState) {
     // What the CRM shows.
     let outbound: Vec<_> = sys
         .admin
-        .list_messages(Some(&sys.contact_id))
+        .list_messages(Some(&contact_id))
         .await
         .expect("messages")
         .into_iter()

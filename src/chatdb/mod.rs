@@ -1177,29 +1177,69 @@ pub struct ChatInfo {
 
 /// Chats and handles already read during one read: a few hundred rows that
 /// thousands of messages share, looked up once each instead of joined into
-/// every row. Small ROWIDs (all of them, in practice) index a vector, the
-/// rest a map.
+/// every row.
 #[derive(Debug, Default)]
 pub struct Lookups {
-    chats: Vec<Option<std::sync::Arc<ChatInfo>>>,
-    handles: Vec<Option<Option<String>>>,
-    far_chats: HashMap<i64, std::sync::Arc<ChatInfo>>,
-    far_handles: HashMap<i64, Option<String>>,
+    chats: RowidCache<std::sync::Arc<ChatInfo>>,
+    /// `handle.id` by ROWID (`None`: no such handle or no id).
+    handles: RowidCache<Option<String>>,
     /// `,"sender":{…}` of each handle as a plain message's JSON line has it
     /// (empty for no handle), encoded once per handle.
-    senders: Vec<Option<Box<[u8]>>>,
-    far_senders: HashMap<i64, Box<[u8]>>,
+    senders: RowidCache<Box<[u8]>>,
 }
 
-/// ROWIDs below this are cached in [`Lookups`]' vectors.
+/// ROWIDs below this are cached in a [`RowidCache`]'s vector.
 const NEAR: i64 = 1 << 16;
+
+/// Values by ROWID: small ROWIDs (all of them, in practice) index a vector,
+/// the rest a map.
+#[derive(Debug)]
+struct RowidCache<T> {
+    near: Vec<Option<T>>,
+    far: HashMap<i64, T>,
+}
+
+impl<T> Default for RowidCache<T> {
+    fn default() -> Self {
+        RowidCache {
+            near: Vec::new(),
+            far: HashMap::new(),
+        }
+    }
+}
+
+impl<T> RowidCache<T> {
+    fn slot(rowid: i64) -> Option<usize> {
+        usize::try_from(rowid).ok().filter(|_| rowid < NEAR)
+    }
+
+    fn get(&self, rowid: i64) -> Option<&T> {
+        match Self::slot(rowid) {
+            Some(i) => self.near.get(i)?.as_ref(),
+            None => self.far.get(&rowid),
+        }
+    }
+
+    fn insert(&mut self, rowid: i64, value: T) {
+        match Self::slot(rowid) {
+            Some(i) => {
+                if self.near.len() <= i {
+                    self.near.resize_with(i + 1, || None);
+                }
+                self.near[i] = Some(value);
+            }
+            None => {
+                self.far.insert(rowid, value);
+            }
+        }
+    }
+}
 
 impl Lookups {
     fn chat(&mut self, db: &ChatDb, rowid: i64) -> rusqlite::Result<std::sync::Arc<ChatInfo>> {
-        if let Some(c) = self.cached_chat(rowid) {
+        if let Some(c) = self.chats.get(rowid) {
             return Ok(c.clone());
         }
-        let near = usize::try_from(rowid).ok().filter(|_| rowid < NEAR);
         let mut stmt = db
             .conn
             .prepare_cached("SELECT guid, style, display_name FROM chat WHERE ROWID = ?1")?;
@@ -1232,25 +1272,8 @@ impl Lookups {
             participants,
             json,
         });
-        match near {
-            Some(i) => {
-                if self.chats.len() <= i {
-                    self.chats.resize(i + 1, None);
-                }
-                self.chats[i] = Some(info.clone());
-            }
-            None => {
-                self.far_chats.insert(rowid, info.clone());
-            }
-        }
+        self.chats.insert(rowid, info.clone());
         Ok(info)
-    }
-
-    fn cached_chat(&self, rowid: i64) -> Option<&std::sync::Arc<ChatInfo>> {
-        match usize::try_from(rowid).ok().filter(|_| rowid < NEAR) {
-            Some(i) => self.chats.get(i)?.as_ref(),
-            None => self.far_chats.get(&rowid),
-        }
     }
 
     /// A plain message's chat and its `,"sender":{…}` ([`Self::cache_sender`]),
@@ -1261,42 +1284,26 @@ impl Lookups {
         chat_rowid: i64,
         handle_rowid: i64,
     ) -> rusqlite::Result<(&ChatInfo, &[u8])> {
-        if self.cached_chat(chat_rowid).is_none() {
+        if self.chats.get(chat_rowid).is_none() {
             self.chat(db, chat_rowid)?;
         }
         self.cache_sender(db, handle_rowid)?;
         // `chat` has just cached it; the error cannot happen.
         let chat = self
-            .cached_chat(chat_rowid)
+            .chats
+            .get(chat_rowid)
             .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-        let sender = match usize::try_from(handle_rowid)
-            .ok()
-            .filter(|_| handle_rowid < NEAR)
-        {
-            Some(i) => self.senders.get(i).and_then(Option::as_deref),
-            None => self.far_senders.get(&handle_rowid).map(|j| &**j),
-        };
-        Ok((chat, sender.unwrap_or_default()))
+        let sender = self.senders.get(handle_rowid).map_or(&[][..], |j| &**j);
+        Ok((chat, sender))
     }
 
     /// Encodes, once per handle, the `,"sender":{…}` of a row whose
     /// `handle_id` is `rowid` (empty when it names no handle): what
     /// [`MessageRow::to_event`] makes of [`Self::handle`].
     fn cache_sender(&mut self, db: &ChatDb, rowid: i64) -> rusqlite::Result<()> {
-        match usize::try_from(rowid).ok().filter(|_| rowid < NEAR) {
-            Some(i) if self.senders.get(i).is_some_and(Option::is_some) => {}
-            Some(i) => {
-                let json = plain::sender_json(self.handle(db, rowid)?.as_deref());
-                if self.senders.len() <= i {
-                    self.senders.resize(i + 1, None);
-                }
-                self.senders[i] = Some(json);
-            }
-            None if self.far_senders.contains_key(&rowid) => {}
-            None => {
-                let json = plain::sender_json(self.handle(db, rowid)?.as_deref());
-                self.far_senders.insert(rowid, json);
-            }
+        if self.senders.get(rowid).is_none() {
+            let json = plain::sender_json(self.handle(db, rowid)?.as_deref());
+            self.senders.insert(rowid, json);
         }
         Ok(())
     }
@@ -1306,29 +1313,14 @@ impl Lookups {
         if rowid <= 0 {
             return Ok(None);
         }
-        let near = usize::try_from(rowid).ok().filter(|_| rowid < NEAR);
-        let cached = match near {
-            Some(i) => self.handles.get(i).cloned().flatten(),
-            None => self.far_handles.get(&rowid).cloned(),
-        };
-        if let Some(h) = cached {
-            return Ok(h);
+        if let Some(h) = self.handles.get(rowid) {
+            return Ok(h.clone());
         }
         let mut stmt = db
             .conn
             .prepare_cached("SELECT id FROM handle WHERE ROWID = ?1")?;
         let id: Option<String> = stmt.query_row([rowid], |r| r.get(0)).optional()?.flatten();
-        match near {
-            Some(i) => {
-                if self.handles.len() <= i {
-                    self.handles.resize(i + 1, None);
-                }
-                self.handles[i] = Some(id.clone());
-            }
-            None => {
-                self.far_handles.insert(rowid, id.clone());
-            }
-        }
+        self.handles.insert(rowid, id.clone());
         Ok(id)
     }
 }
