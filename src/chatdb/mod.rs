@@ -1171,8 +1171,23 @@ pub struct ChatInfo {
     kind: ChatKind,
     handles: Vec<Handle>,
     /// This chat's part of a plain message's JSON line, encoded once per
-    /// chat instead of once per row ([`plain::chat_json`]).
-    json: plain::ChatJson,
+    /// chat instead of once per row ([`plain::chat_json`]), and only by the
+    /// bulk read: the daemon's reader never asks for it.
+    json: std::sync::OnceLock<plain::ChatJson>,
+}
+
+impl ChatInfo {
+    /// [`Self::json`], encoded at the first call.
+    fn json(&self) -> &plain::ChatJson {
+        self.json.get_or_init(|| {
+            plain::chat_json(
+                self.guid.as_deref().unwrap_or_default(),
+                self.kind,
+                self.display_name.as_deref(),
+                &self.handles,
+            )
+        })
+    }
 }
 
 /// Chats and handles already read during one read: a few hundred rows that
@@ -1257,12 +1272,6 @@ impl Lookups {
         let kind = chat_kind(style, guid.as_deref().unwrap_or_default());
         let handles: Vec<Handle> = participants.iter().map(|p| normalize_handle(p)).collect();
         let display_name = display_name.filter(|n| !n.is_empty());
-        let json = plain::chat_json(
-            guid.as_deref().unwrap_or_default(),
-            kind,
-            display_name.as_deref(),
-            &handles,
-        );
         let info = std::sync::Arc::new(ChatInfo {
             kind,
             handles,
@@ -1270,7 +1279,7 @@ impl Lookups {
             style,
             display_name,
             participants,
-            json,
+            json: std::sync::OnceLock::new(),
         });
         self.chats.insert(rowid, info.clone());
         Ok(info)

@@ -164,12 +164,12 @@ pub(super) fn write_line(
     out.push(b'"');
     out.extend_from_slice(b",\"rowid\":");
     write_i64(out, fields.rowid);
-    out.extend_from_slice(&chat.json.chat);
+    out.extend_from_slice(&chat.json().chat);
     out.extend_from_slice(b",\"service\":");
     write_str(out, fields.service.unwrap_or("iMessage"));
     if fields.from_me {
         out.extend_from_slice(b",\"from_me\":true");
-        out.extend_from_slice(&chat.json.recipients);
+        out.extend_from_slice(&chat.json().recipients);
     } else {
         out.extend_from_slice(sender);
     }
